@@ -1,0 +1,43 @@
+"""Frozen backbone features of a whole data set, L2-normalised, with a progress bar."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from bingo.config import DataConfig
+from bingo.data.datasets import ImageDataset
+from bingo.data.transforms import eval_transform
+from bingo.data.views import Views
+from bingo.models.encoder import Encoder
+
+
+def device() -> torch.device:
+    """The accelerator to run inference on: CUDA when present, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@torch.inference_mode()
+def extract_features(encoder: Encoder, dataset: ImageDataset, data: DataConfig, batch_size: int,
+                     desc: str = "features") -> np.ndarray:
+    """(N, D) float32 L2-normalised pooled backbone features under the evaluation transform."""
+    run_on = device()
+    was_training = encoder.training
+    encoder.eval().to(run_on)
+    loader = DataLoader(Views(dataset, eval_transform(data), 1), batch_size=batch_size,
+                        num_workers=data.num_workers, shuffle=False)
+    chunks = []
+    for (images,), _, _ in tqdm(loader, desc=desc, leave=False):
+        chunks.append(F.normalize(encoder.features(images.to(run_on)).float(), dim=1).cpu())
+    encoder.train(was_training)
+    return torch.cat(chunks).numpy()
+
+
+def pixel_features(dataset: ImageDataset, data: DataConfig) -> np.ndarray:
+    """(N, C*H*W) L2-normalised raw pixels under the evaluation transform: the no-learning reference."""
+    transform = eval_transform(data)
+    pixels = torch.stack([transform(dataset.image(i)).flatten() for i in range(len(dataset))])
+    return F.normalize(pixels, dim=1).numpy()

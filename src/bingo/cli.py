@@ -1,0 +1,98 @@
+"""`bingo`: one command, a subcommand per stage. Bad input ends in one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+from bingo.config import Config, load_config, preset_names
+from bingo.errors import UserError
+
+STAGES = ("pretrain", "bags", "distill", "eval", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="bingo", description="Self-supervised distillation of small image models.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    helps = {"pretrain": "pretrain a MoCo-v2 teacher", "bags": "build kNN bags from teacher features",
+             "distill": "train a student with a distillation method", "eval": "evaluate a model's frozen features",
+             "demo": "the whole chain on Fashion-MNIST, with a results table"}
+    for name in STAGES:
+        sub = commands.add_parser(name, help=helps[name], description=helps[name])
+        sub.add_argument("--preset", default="demo", help=f"named preset: {', '.join(preset_names())} (default demo)")
+        sub.add_argument("--config", help="YAML file with config sections, applied over the preset")
+        sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a config value, e.g. --set optim.lr=0.06 (repeatable)")
+        sub.add_argument("--out", required=True, type=Path, help="run folder (config, logs, checkpoints, results)")
+        sub.add_argument("--seed", type=int, help="random seed (makes a CPU run repeatable)")
+        if name != "bags" and name != "eval":
+            sub.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+        if name in ("bags", "distill"):
+            sub.add_argument("--teacher", help="teacher encoder file (teacher.safetensors or a MoCo v1/v2 checkpoint)")
+        if name == "distill":
+            sub.add_argument("--method", help="bingo | moco")
+            sub.add_argument("--bags", help="bag file from 'bingo bags'")
+        if name == "eval":
+            sub.add_argument("protocol", choices=("knn", "linear", "all"), help="evaluation protocol")
+            sub.add_argument("--model", required=True,
+                             help="encoder file, 'pixels' (raw pixels) or 'random' (student with random weights)")
+    return parser
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    """The run's config: preset, YAML file, --set overrides, then the dedicated flags."""
+    overrides = list(args.overrides)
+    flags = {"seed": "seed", "teacher": "teacher.checkpoint", "method": "distill.method", "bags": "distill.bags"}
+    for flag, key in flags.items():
+        if getattr(args, flag, None) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    return load_config(args.preset, args.config, overrides, stage=args.command)
+
+
+def quiet_libraries() -> None:
+    """bingo's own log lines on stderr; the libraries' chatter only when it is a warning."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[bingo] %(message)s"))
+    logging.getLogger("bingo").addHandler(handler)
+    logging.getLogger("bingo").setLevel(logging.INFO)
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "faiss", "faiss.loader"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `bingo` command."""
+    args = build_parser().parse_args(argv)
+    quiet_libraries()
+    try:
+        cfg = resolve_config(args)
+        from bingo import pipeline  # heavy imports only once the command line is valid
+
+        if args.command == "pretrain":
+            pipeline.run_pretrain(cfg, args.out, args.resume)
+        elif args.command == "bags":
+            pipeline.run_bags(cfg, args.out)
+        elif args.command == "distill":
+            pipeline.run_distill(cfg, args.out, args.resume)
+        elif args.command == "eval":
+            protocols = ("knn", "linear") if args.protocol == "all" else (args.protocol,)
+            print(pipeline.run_eval(cfg, args.out, args.model, protocols))
+        else:
+            pipeline.run_demo(cfg, args.out, args.resume)
+    except UserError as err:
+        print(f"bingo: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bingo: interrupted; rerun with --resume to continue", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

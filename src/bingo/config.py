@@ -1,0 +1,288 @@
+"""Run configuration: dataclasses with the paper's defaults, named presets, YAML files, dotted overrides.
+
+One `Config` describes a whole experiment (teacher pretraining, bagging, distillation,
+evaluation). Each subcommand reads the sections it needs and saves the whole resolved
+config beside its results, so a run can always be traced back to its settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import difflib
+import json
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bingo.errors import UserError
+
+
+@dataclass
+class DataConfig:
+    """Which images, at what size, and how they are loaded."""
+
+    name: str = "imagefolder"  # fashion-mnist | cifar10 | cifar100 | stl10 | imagefolder | generated
+    root: str = "data"  # folder of the data set (ImageFolder: the folder holding train/ and val/)
+    image_size: int = 224  # side of the square crop fed to the networks
+    channels: int = 3  # 1 (grayscale) or 3 (RGB); images are converted to this
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    eval_resize: int = 256  # evaluation transform: resize to this, centre-crop image_size
+    train_subset: int = 0  # use a seeded random subset of this many training images (0: all)
+    test_subset: int = 0  # likewise for the test split
+    download: bool = True  # let torchvision download the data set when it is missing
+    num_workers: int = 8
+    generated_classes: int = 10  # only for name=generated
+    generated_train_size: int = 512
+    generated_test_size: int = 256
+
+
+@dataclass
+class AugmentConfig:
+    """MoCo-v2 augmentation; the strengths are tunable for small images."""
+
+    crop_min_scale: float = 0.2
+    jitter_prob: float = 0.8
+    jitter_strength: float = 0.4  # brightness/contrast/saturation; hue is a quarter of it
+    grayscale_prob: float = 0.2
+    blur_prob: float = 0.5
+    flip: bool = True
+
+
+@dataclass
+class ModelConfig:
+    """A backbone plus its projection head."""
+
+    arch: str = "resnet18"  # torchvision ResNet name, or any timm model name
+    width: int = 64  # ResNet width of the first stage (64 is the standard); others are built with timm
+    stem: str = "imagenet"  # imagenet (7x7/2 conv + max-pool) | cifar (3x3/1 conv, no pool) | small (3x3/2, no pool)
+    head_hidden: int = 2048  # hidden width of the projection MLP
+    embed_dim: int = 128
+    checkpoint: str = ""  # weights to load (required for a teacher)
+
+
+@dataclass
+class OptimConfig:
+    """SGD with a cosine schedule; the learning rate is given per 256 images."""
+
+    epochs: int = 200
+    batch_size: int = 256  # global batch (divided over processes)
+    lr: float = 0.03  # per 256 images; scaled linearly with batch_size
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 0  # linear learning-rate warm-up before the cosine decay
+
+
+@dataclass
+class MoCoConfig:
+    """MoCo-v2: momentum key encoder, queue of keys, InfoNCE."""
+
+    queue_size: int = 65536
+    temperature: float = 0.2
+    momentum: float = 0.999  # key encoder EMA
+    shuffle_bn_splits: int = 1  # key batch shuffled and cut into this many BN groups per process
+
+
+@dataclass
+class BingoConfig:
+    """BINGO loss (method.md §1.2) and its ablation switches."""
+
+    queue_size: int = 65536
+    temperature: float = 0.2
+    lam_self: float = 0.5  # weight of CE(z_a; y_a) after warm-up
+    lam_other: float = 0.5  # weight of CE(z_a; y_p) after warm-up
+    warmup_epochs: int = 10  # (lam_self, lam_other) = (1, 0) for these epochs
+    symmetric: bool = True  # also the positive's query against both keys (L_pos)
+    cutmix: bool = True  # the CutMix query (L_mix)
+    cutmix_alpha: float = 2.0  # box size ~ Beta(alpha, alpha)
+    teacher_bn: str = "eval"  # eval (running statistics) | train (batch statistics, shuffle-BN)
+
+
+@dataclass
+class PretrainConfig:
+    """`bingo pretrain`: a MoCo-v2 teacher."""
+
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=200, lr=0.03))
+    moco: MoCoConfig = field(default_factory=MoCoConfig)
+
+
+@dataclass
+class BagsConfig:
+    """`bingo bags`: kNN bags from the teacher's backbone features."""
+
+    k: int = 5  # neighbours per image, the image itself excluded
+    batch_size: int = 256  # feature extraction batch
+
+
+@dataclass
+class DistillConfig:
+    """`bingo distill`: a student trained by one method."""
+
+    method: str = "bingo"  # bingo | moco
+    bags: str = ""  # bag file from 'bingo bags' (methods that use bags)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    bingo: BingoConfig = field(default_factory=BingoConfig)
+    moco: MoCoConfig = field(default_factory=MoCoConfig)
+
+
+@dataclass
+class EvalConfig:
+    """`bingo eval`: kNN and linear probe on frozen backbone features."""
+
+    knn_k: list[int] = field(default_factory=lambda: [10, 200])
+    knn_temperature: float = 0.07
+    linear_epochs: int = 100
+    linear_batch_size: int = 256
+    linear_lr: float = 0.1  # on standardised pre-extracted features
+    batch_size: int = 256  # feature extraction batch
+
+
+@dataclass
+class TrainerConfig:
+    """How Lightning runs: devices, precision, logging."""
+
+    accelerator: str = "auto"  # cpu | gpu | auto
+    devices: Any = "auto"  # number of processes per node, or "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto | ddp | ...; torchrun and SLURM set the ranks
+    precision: str = "32-true"  # 32-true | 16-mixed | bf16-mixed
+    loggers: list[str] = field(default_factory=lambda: ["csv"])  # csv | tensorboard | wandb
+    log_every_n_steps: int = 50
+    progress_bar: bool = True
+    limit_train_batches: Any = 1.0  # fraction (or number) of batches per epoch, for smoke runs
+
+
+@dataclass
+class Config:
+    """A whole experiment: data, networks, and one section per stage."""
+
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    teacher: ModelConfig = field(default_factory=lambda: ModelConfig(arch="resnet50"))
+    student: ModelConfig = field(default_factory=ModelConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    bags: BagsConfig = field(default_factory=BagsConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped with bingo."""
+    folder = resources.files("bingo") / "configs"
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_config(preset: str | None = None, file: str | None = None, overrides: list[str] = (),
+                stage: str | None = None) -> Config:
+    """Build a Config from defaults, then a preset, then a YAML file, then `key=value` overrides."""
+    tree = to_dict(Config())
+    if preset:
+        if preset not in preset_names():
+            raise UserError(f"unknown preset '{preset}'; choose one of: {', '.join(preset_names())}")
+        text = (resources.files("bingo") / "configs" / f"{preset}.yaml").read_text()
+        _merge(tree, yaml.safe_load(text) or {}, f"preset {preset}")
+    if file:
+        path = Path(file)
+        if not path.is_file():
+            raise UserError(f"config file {file} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise UserError(f"config file {file} is not valid YAML: {str(err).splitlines()[0]}") from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"config file {file} must hold a mapping of sections")
+        _merge(tree, loaded, f"config file {file}")
+    for item in overrides:
+        _apply_override(tree, item, stage)
+    return from_dict(tree)
+
+
+def to_dict(cfg: Any) -> dict:
+    """The config as plain nested dicts and lists (YAML/JSON-ready)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(tree: dict) -> Config:
+    """Rebuild a Config from nested dicts (the inverse of to_dict)."""
+    return _build(Config, tree)
+
+
+def save_config(cfg: Config, folder: Path) -> Path:
+    """Write the resolved config as config.yaml into a run folder."""
+    path = Path(folder) / "config.yaml"
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return path
+
+
+def _build(cls: type, values: dict) -> Any:
+    hints = typing.get_type_hints(cls)
+    return cls(**{name: _build(hints[name], value) if dataclasses.is_dataclass(hints[name]) else value
+                  for name, value in values.items()})
+
+
+@functools.cache
+def _leaf_types(cls: type | None = None, prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> declared type, for every leaf of Config."""
+    types = {}
+    for name, hint in typing.get_type_hints(cls or Config).items():
+        if dataclasses.is_dataclass(hint):
+            types.update(_leaf_types(hint, f"{prefix}{name}."))
+        else:
+            types[f"{prefix}{name}"] = hint
+    return types
+
+
+def _merge(tree: dict, update: dict, origin: str, prefix: str = "") -> None:
+    for key, value in update.items():
+        path = f"{prefix}{key}"
+        if key not in tree:
+            raise UserError(f"{origin}: unknown config key '{path}'{_suggest(path)}")
+        if isinstance(tree[key], dict):
+            if not isinstance(value, dict):
+                raise UserError(f"{origin}: '{path}' is a section; give it a mapping")
+            _merge(tree[key], value, origin, f"{path}.")
+        else:
+            tree[key] = _coerce(value, path, origin)
+
+
+def _apply_override(tree: dict, item: str, stage: str | None) -> None:
+    if "=" not in item:
+        raise UserError(f"override '{item}' must look like key=value, e.g. optim.lr=0.06")
+    key, text = item.split("=", 1)
+    candidates = ([f"{stage}.{key}"] if stage else []) + [key]
+    types = _leaf_types()
+    for dotted in candidates:
+        if dotted in types:
+            *sections, leaf = dotted.split(".")
+            node = tree
+            for part in sections:
+                node = node[part]
+            node[leaf] = _coerce(yaml.safe_load(text), dotted, "--set")
+            return
+    raise UserError(f"--set: unknown config key '{key}'{_suggest(candidates[0])}")
+
+
+def _coerce(value: Any, path: str, origin: str) -> Any:
+    hint = _leaf_types()[path]
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    base = typing.get_origin(hint) or hint
+    if isinstance(value, base) and not (base is int and isinstance(value, bool)):
+        return value
+    raise UserError(f"{origin}: '{path}' expects {getattr(hint, '__name__', hint)}, got {json.dumps(value)}")
+
+
+def _suggest(path: str) -> str:
+    close = difflib.get_close_matches(path, list(_leaf_types()), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""

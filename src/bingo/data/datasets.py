@@ -1,0 +1,208 @@
+"""Image data sets behind one small interface: `image(i)`, `labels`, `identity`.
+
+Every data set yields PIL images in the channel mode of its config, so the networks see the
+size, channels and normalisation the config names, whatever the files hold.
+"""
+
+from __future__ import annotations
+
+import abc
+import gzip
+import hashlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from bingo.config import DataConfig
+from bingo.errors import UserError
+
+SPLITS = ("train", "labeled", "test")  # train: all images usable without labels; labeled: train images with labels
+FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+SUBSET_SEED = 0  # subsets do not depend on the run's seed, so all runs see the same images
+
+
+class ImageDataset(Dataset, abc.ABC):
+    """A fixed, ordered list of images with integer labels (-1: unlabeled)."""
+
+    def __init__(self, name: str, split: str, labels: np.ndarray, mode: str, ids: bytes):
+        self.name, self.split, self.mode = name, split, mode
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self._ids = ids
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @abc.abstractmethod
+    def image(self, index: int) -> Image.Image:
+        """The image at `index`, in the configured channel mode."""
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        return self.image(index), int(self.labels[index])
+
+    @property
+    def identity(self) -> dict:
+        """What identifies this data set and its ordering (stored with bags and checked against them)."""
+        digest = hashlib.sha256(self._ids + self.labels.tobytes()).hexdigest()[:16]
+        return {"name": self.name, "split": self.split, "size": len(self), "fingerprint": digest}
+
+    @abc.abstractmethod
+    def subset(self, indices: np.ndarray) -> ImageDataset:
+        """The images at `indices`, in that order."""
+
+
+class ArrayImages(ImageDataset):
+    """Images held in memory as one uint8 array (N, H, W) or (N, H, W, C)."""
+
+    def __init__(self, name: str, split: str, pixels: np.ndarray, labels: np.ndarray, mode: str):
+        self.pixels = np.ascontiguousarray(pixels)
+        super().__init__(name, split, labels, mode, hashlib.sha256(self.pixels).digest())
+
+    def image(self, index: int) -> Image.Image:
+        """The image at `index`, in the configured channel mode."""
+        return Image.fromarray(self.pixels[index]).convert(self.mode)
+
+    def subset(self, indices: np.ndarray) -> ArrayImages:
+        """The images at `indices`, in that order."""
+        return ArrayImages(self.name, self.split, self.pixels[indices], self.labels[indices], self.mode)
+
+
+class FileImages(ImageDataset):
+    """Images read from files on demand (ImageFolder trees: ImageNet and the like)."""
+
+    def __init__(self, name: str, split: str, root: Path, files: list[str], labels: np.ndarray, mode: str):
+        self.root, self.files = root, files
+        super().__init__(name, split, labels, mode, "\n".join(files).encode())
+
+    def image(self, index: int) -> Image.Image:
+        """The image at `index`, in the configured channel mode."""
+        with Image.open(self.root / self.files[index]) as img:
+            return img.convert(self.mode)
+
+    def subset(self, indices: np.ndarray) -> FileImages:
+        """The images at `indices`, in that order."""
+        return FileImages(self.name, self.split, self.root, [self.files[i] for i in indices],
+                          self.labels[indices], self.mode)
+
+
+def build_dataset(cfg: DataConfig, split: str) -> ImageDataset:
+    """The data set named by `cfg` for one split, subset as configured."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}")
+    if cfg.channels not in (1, 3):
+        raise UserError(f"data.channels must be 1 or 3, got {cfg.channels}")
+    if len(cfg.mean) != cfg.channels or len(cfg.std) != cfg.channels:
+        raise UserError(f"data.mean and data.std need {cfg.channels} values (one per channel)")
+    loaders = {"fashion-mnist": _fashion_mnist, "cifar10": _cifar, "cifar100": _cifar, "stl10": _stl10,
+               "imagefolder": _image_folder, "generated": _generated}
+    if cfg.name not in loaders:
+        raise UserError(f"unknown data set '{cfg.name}'; choose one of: {', '.join(loaders)}")
+    dataset = loaders[cfg.name](cfg, split, "L" if cfg.channels == 1 else "RGB")
+    size = cfg.test_subset if split == "test" else cfg.train_subset
+    if 0 < size < len(dataset):
+        picked = np.random.default_rng(SUBSET_SEED).permutation(len(dataset))[:size]
+        dataset = dataset.subset(np.sort(picked))
+    return dataset
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file (the MNIST format), gzipped or not, as a uint8 array."""
+    with (gzip.open(path) if path.suffix == ".gz" else open(path, "rb")) as f:
+        raw = f.read()
+    ndim = raw[3]
+    shape = np.frombuffer(raw, ">u4", count=ndim, offset=4)
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def find_fashion_mnist(root: Path) -> Path | None:
+    """The folder holding Fashion-MNIST's IDX files, searched in the usual places."""
+    for folder in (root / "FashionMNIST" / "raw", root / "fashion-mnist", root, FASHION_MNIST_DEBIAN):
+        if all(_idx_file(folder, stem) for stem in ("train-images-idx3-ubyte", "t10k-labels-idx1-ubyte")):
+            return folder
+    return None
+
+
+def _idx_file(folder: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _fashion_mnist(cfg: DataConfig, split: str, mode: str) -> ImageDataset:
+    root = Path(cfg.root)
+    folder = find_fashion_mnist(root)
+    if folder is None and cfg.download:
+        try:
+            from torchvision.datasets import FashionMNIST
+
+            FashionMNIST(str(root), download=True)
+        except Exception:  # noqa: BLE001 - any failure means: offline or blocked
+            pass
+        folder = find_fashion_mnist(root)
+    if folder is None:
+        raise UserError(
+            f"Fashion-MNIST not found under {root} or {FASHION_MNIST_DEBIAN}: as root run "
+            "'apt-get install dataset-fashion-mnist', or go online and rerun (torchvision downloads it), "
+            f"or put the four IDX files (train-images-idx3-ubyte.gz, ...) into {root}/fashion-mnist")
+    prefix = "t10k" if split == "test" else "train"
+    pixels = _read_idx(_idx_file(folder, f"{prefix}-images-idx3-ubyte"))
+    labels = _read_idx(_idx_file(folder, f"{prefix}-labels-idx1-ubyte"))
+    return ArrayImages("fashion-mnist", split, pixels, labels, mode)
+
+
+def _torchvision(factory, cfg: DataConfig, **kwargs):
+    try:
+        return factory(cfg.root, download=cfg.download, **kwargs)
+    except RuntimeError as err:
+        raise UserError(f"data set '{cfg.name}' not found under {cfg.root} ({str(err).splitlines()[0]}); "
+                        "set data.root to where it lies, or data.download=true when online") from None
+
+
+def _cifar(cfg: DataConfig, split: str, mode: str) -> ImageDataset:
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    data = _torchvision(CIFAR10 if cfg.name == "cifar10" else CIFAR100, cfg, train=split != "test")
+    return ArrayImages(cfg.name, split, data.data, np.array(data.targets), mode)
+
+
+def _stl10(cfg: DataConfig, split: str, mode: str) -> ImageDataset:
+    from torchvision.datasets import STL10
+
+    stl_split = {"train": "train+unlabeled", "labeled": "train", "test": "test"}[split]
+    data = _torchvision(STL10, cfg, split=stl_split)
+    return ArrayImages("stl10", split, data.data.transpose(0, 2, 3, 1), data.labels, mode)
+
+
+def _image_folder(cfg: DataConfig, split: str, mode: str) -> ImageDataset:
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    root = Path(cfg.root)
+    names = ("val", "test") if split == "test" else ("train",)
+    folder = next((root / n for n in names if (root / n).is_dir()), None)
+    if folder is None:
+        raise UserError(f"image folder {root} has no {' or '.join(names)}/ subfolder (expected the "
+                        "ImageNet layout: ROOT/train/CLASS/IMAGE and ROOT/val/CLASS/IMAGE)")
+    classes, class_to_idx = find_classes(str(folder))
+    samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS)
+    files = [str(Path(path).relative_to(folder)) for path, _ in samples]
+    return FileImages("imagefolder", split, folder, files, np.array([label for _, label in samples]), mode)
+
+
+def _generated(cfg: DataConfig, split: str, mode: str) -> ImageDataset:
+    """Class-structured synthetic images: a smooth template per class, shifted, scaled and noised."""
+    size, classes = cfg.image_size, cfg.generated_classes
+    count = cfg.generated_test_size if split == "test" else cfg.generated_train_size
+    rng = np.random.default_rng(1234)
+    coarse = rng.uniform(0, 255, (classes, 3, 4, 4))
+    templates = np.stack([np.array(Image.fromarray(c.transpose(1, 2, 0).astype(np.uint8)).resize(
+        (size, size), Image.BICUBIC)) for c in coarse]).astype(np.float32)  # (classes, size, size, 3)
+    rng = np.random.default_rng({"train": 1, "labeled": 1, "test": 2}[split])
+    labels = rng.integers(0, classes, count)
+    shifts = rng.integers(-size // 8, size // 8 + 1, (count, 2))
+    pixels = np.empty((count, size, size, 3), np.uint8)
+    for i, (label, (dy, dx)) in enumerate(zip(labels, shifts)):
+        image = np.roll(templates[label], (dy, dx), axis=(0, 1)) * rng.uniform(0.7, 1.1)
+        pixels[i] = np.clip(image + rng.normal(0, 20, image.shape), 0, 255)
+    return ArrayImages("generated", split, pixels, labels, mode)

@@ -1,0 +1,49 @@
+"""Training and evaluation views of an ImageDataset: augmented pairs, bag quadruples, plain crops."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from bingo.data.datasets import ImageDataset
+
+
+class Views(Dataset):
+    """Each image as `n_views` independent draws of `transform`: (views, label, index)."""
+
+    def __init__(self, base: ImageDataset, transform: Callable, n_views: int):
+        self.base, self.transform, self.n_views = base, transform, n_views
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[list[torch.Tensor], int, int]:
+        image = self.base.image(index)
+        return [self.transform(image) for _ in range(self.n_views)], int(self.base.labels[index]), index
+
+
+class BagViews(Dataset):
+    """BINGO's sample: an anchor and a positive drawn uniformly from its bag.
+
+    Returns ([t1(a), t2(a), t3(p), t4(p)], label of a, index of a, index of p).
+    `bags` is (N, K) dataset indices; the anchor never appears in its own bag.
+    """
+
+    def __init__(self, base: ImageDataset, bags: np.ndarray, transform: Callable):
+        if len(bags) != len(base):
+            raise ValueError(f"{len(bags)} bags for {len(base)} images")
+        self.base, self.bags, self.transform = base, torch.as_tensor(bags), transform
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[list[torch.Tensor], int, int, int]:
+        bag = self.bags[index]
+        positive = int(bag[torch.randint(len(bag), ())])
+        anchor_image, positive_image = self.base.image(index), self.base.image(positive)
+        views = [self.transform(anchor_image), self.transform(anchor_image),
+                 self.transform(positive_image), self.transform(positive_image)]
+        return views, int(self.base.labels[index]), index, positive

@@ -1,0 +1,98 @@
+"""The LightningModule every method builds on: student, frozen teacher, SGD + cosine, logging, run identity."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from torch import nn
+
+from bingo.config import OptimConfig
+from bingo.errors import UserError
+from bingo.methods.queue import shuffled_forward
+from bingo.models.encoder import Encoder
+
+TEACHER_BN_MODES = ("eval", "train")
+
+
+class Method(L.LightningModule):
+    """Trains `student` (all parameters that require grad); an optional `teacher` stays frozen.
+
+    Teacher BatchNorm: `eval` uses the running statistics (deterministic keys); `train` uses batch
+    statistics with shuffle-BN as the official BINGO code does, the running statistics untouched.
+    `run_info` (data set, bags, teacher identity) is stored in every checkpoint and must match
+    when a run is resumed.
+    """
+
+    def __init__(self, student: Encoder, optim: OptimConfig, teacher: Encoder | None = None,
+                 teacher_bn: str = "eval", shuffle_bn_splits: int = 1, run_info: dict | None = None):
+        super().__init__()
+        if teacher_bn not in TEACHER_BN_MODES:
+            raise UserError(f"teacher_bn must be one of {TEACHER_BN_MODES}, got '{teacher_bn}'")
+        self.student, self.optim, self.teacher = student, optim, teacher
+        self.teacher_bn, self.shuffle_bn_splits = teacher_bn, shuffle_bn_splits
+        self.run_info = run_info or {}
+        if teacher is not None:
+            freeze(teacher)
+            if teacher_bn == "train":
+                for module in teacher.modules():
+                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                        module.momentum = 0.0  # batch statistics in use, running statistics kept
+
+    def train(self, mode: bool = True) -> Method:
+        """Set training mode, keeping the teacher in eval mode unless teacher_bn is 'train'."""
+        super().train(mode)
+        if self.teacher is not None and self.teacher_bn == "eval":
+            self.teacher.eval()
+        return self
+
+    @torch.no_grad()
+    def teacher_keys(self, *views: torch.Tensor) -> list[torch.Tensor]:
+        """The teacher's normalised embeddings of each view (B, C, H, W) -> (B, D), without gradient."""
+        if self.teacher_bn == "eval":
+            return list(self.teacher(torch.cat(views)).chunk(len(views)))
+        return [shuffled_forward(self.teacher, view, self.shuffle_bn_splits) for view in views]
+
+    def configure_optimizers(self) -> dict:
+        """SGD on the trainable parameters; lr scaled by batch/256, linear warm-up then cosine per step."""
+        cfg = self.optim
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(params, lr=cfg.lr * cfg.batch_size / 256, momentum=cfg.momentum,
+                                    weight_decay=cfg.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = total * cfg.warmup_epochs // max(1, cfg.epochs)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def log_terms(self, terms: dict[str, torch.Tensor], batch_size: int) -> None:
+        """Log each loss term and metric under train/, the loss on the progress bar."""
+        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, on_step=True, on_epoch=True,
+                      batch_size=batch_size)
+        self.log("loss", terms["loss"].detach(), prog_bar=True, logger=False, batch_size=batch_size)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, batch_size=batch_size)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Store the run's identity (data set, bags, teacher) with the checkpoint."""
+        checkpoint["bingo_run"] = self.run_info
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse to resume from a checkpoint made with other data, bags or teacher."""
+        stored = checkpoint.get("bingo_run", {})
+        for key, value in self.run_info.items():
+            if key in stored and stored[key] != value:
+                raise UserError(f"cannot resume: the checkpoint was made with another {key} "
+                                f"({stored[key]} vs {value}); start a new run with another --out")
+
+
+def freeze(module: nn.Module) -> None:
+    """Take a module out of training: no gradients, eval mode."""
+    module.requires_grad_(False)
+    module.eval()
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Learning-rate multiplier: linear warm-up over `warmup` steps, then cosine decay to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))

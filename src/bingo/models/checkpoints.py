@@ -1,0 +1,141 @@
+"""Encoder files in and out: bingo's safetensors layout, MoCo v1/v2 checkpoints, atomic Lightning saves.
+
+Checkpoints are untrusted input: they load through safetensors or `torch.load(weights_only=True)`,
+and a file that would need arbitrary code to unpickle is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from bingo.config import DataConfig, ModelConfig
+from bingo.errors import UserError
+from bingo.models.encoder import Encoder
+
+ENCODER_FORMAT = "bingo-encoder/1"
+DATA_KEYS = ("name", "channels", "image_size", "mean", "std")
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call `write(tmp_path)` then rename the temp file over `path`, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_encoder(encoder: Encoder, model: ModelConfig, data: DataConfig, path: Path) -> None:
+    """Write an encoder's weights with the architecture and input format it needs (safetensors)."""
+    arch = {k: v for k, v in vars(model).items() if k != "checkpoint"}
+    meta = {"format": ENCODER_FORMAT, "model": json.dumps(arch),
+            "data": json.dumps({k: getattr(data, k) for k in DATA_KEYS})}
+    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    atomic_write(Path(path), lambda tmp: save_file(state, tmp, metadata=meta))
+
+
+def encoder_info(path: Path) -> tuple[ModelConfig, dict] | None:
+    """The architecture and input format stored in a bingo encoder file, or None for other layouts."""
+    if Path(path).suffix != ".safetensors":
+        return None
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+    if meta.get("format") != ENCODER_FORMAT:
+        return None
+    return ModelConfig(**json.loads(meta["model"]), checkpoint=str(path)), json.loads(meta["data"])
+
+
+def load_encoder(path: str | Path, model: ModelConfig, data: DataConfig) -> Encoder:
+    """An Encoder with the weights of `path`; bingo files bring their own architecture."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    info = encoder_info(path)
+    if info is not None:
+        model, trained_on = info
+        _check_input_format(path, trained_on, data)
+        state = load_file(str(path))
+    else:
+        state = _encoder_state_from_foreign(path)
+    encoder = Encoder(model, data.channels)
+    _load_strict(encoder, state, path)
+    return encoder
+
+
+def _check_input_format(path: Path, trained_on: dict, data: DataConfig) -> None:
+    got = (trained_on["channels"], trained_on["image_size"])
+    want = (data.channels, data.image_size)
+    if got != want:
+        raise UserError(f"{path} was trained on {got[0]}-channel {got[1]} px images but this run uses "
+                        f"{want[0]}-channel {want[1]} px ones; set data.channels/data.image_size to match")
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"{path} needs arbitrary code to unpickle and was refused; "
+                        "convert it to a plain state dict or safetensors") from None
+    except (RuntimeError, EOFError) as err:
+        raise UserError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
+
+
+def _encoder_state_from_foreign(path: Path) -> dict[str, torch.Tensor]:
+    """Encoder state dict from a MoCo v1/v2 checkpoint (query encoder, fc.0/fc.2 head)."""
+    raw = load_file(str(path)) if path.suffix == ".safetensors" else _torch_load(path)
+    state = raw.get("state_dict", raw) if isinstance(raw, dict) else None
+    prefix = "module.encoder_q."
+    if not isinstance(state, dict) or not any(k.startswith(prefix) for k in state):
+        raise UserError(f"{path} is neither a bingo encoder nor a MoCo v1/v2 checkpoint "
+                        "(no 'module.encoder_q.' keys)")
+    encoder_state = {}
+    for key, value in state.items():
+        if key.startswith(prefix):
+            key = key[len(prefix):]
+            head = key.startswith("fc.")
+            encoder_state[("head." + key[3:]) if head else ("backbone." + key)] = value
+    return encoder_state
+
+
+def _load_strict(encoder: Encoder, state: dict[str, torch.Tensor], path: Path) -> None:
+    own = encoder.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or mismatched:
+        def few(keys: list[str]) -> str:
+            return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
+        parts = [f"{len(keys)} {what}: {few(keys)}" for what, keys in
+                 (("missing", missing), ("unexpected", unexpected), ("of another shape", mismatched)) if keys]
+        raise UserError(f"{path} does not fit the configured architecture; keys " + "; ".join(parts))
+    encoder.load_state_dict(state)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoints written via temp file + rename, read back with weights_only=True."""
+
+    def save_checkpoint(self, checkpoint: dict, path: str, storage_options: Any = None) -> None:
+        """Write a Lightning checkpoint atomically."""
+        atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
+
+    def load_checkpoint(self, path: str, map_location: Any = None, weights_only: bool | None = None) -> dict:
+        """Read a Lightning checkpoint without executing pickled code."""
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)

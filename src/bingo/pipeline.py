@@ -1,0 +1,201 @@
+"""The stages a user runs: pretrain a teacher, build bags, distil a student, evaluate; and the demo chain."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from bingo.bags.features import extract_features, pixel_features
+from bingo.bags.files import load_bags, save_bags
+from bingo.bags.knn import bag_purity, knn_bags
+from bingo.config import Config
+from bingo.data.datasets import build_dataset
+from bingo.data.transforms import moco_v2_transform
+from bingo.data.views import BagViews, Views
+from bingo.errors import UserError
+from bingo.eval.knn import knn_accuracy
+from bingo.eval.linear import linear_probe_accuracy
+from bingo.methods import METHODS, Bingo, MoCo
+from bingo.models.backbones import count_parameters
+from bingo.models.checkpoints import load_encoder, save_encoder
+from bingo.models.encoder import Encoder
+from bingo.report import write_report
+from bingo.training import file_digest, fit, is_rank_zero, peak_memory_mib, prepare_run_folder, write_results
+
+log = logging.getLogger("bingo")
+TEACHER_FILE, STUDENT_FILE, BAGS_FILE = "teacher.safetensors", "student.safetensors", "bags.npz"
+
+
+def run_pretrain(cfg: Config, out: Path, resume: bool = False) -> Path:
+    """Pretrain a MoCo-v2 teacher on the training images (labels unused); returns its encoder file."""
+    started = time.perf_counter()
+    prepare_run_folder(out, cfg, resume)
+    data = build_dataset(cfg.data, "train")
+    module = MoCo(Encoder(cfg.teacher, cfg.data.channels), cfg.pretrain.optim, cfg.pretrain.moco,
+                  run_info={"dataset": data.identity})
+    views = Views(data, moco_v2_transform(cfg.data, cfg.augment), 2)
+    trainer = fit(module, views, cfg, cfg.pretrain.optim, out, resume)
+    path = out / TEACHER_FILE
+    if is_rank_zero():
+        save_encoder(module.student, cfg.teacher, cfg.data, path)
+    write_results(out, _training_summary("pretrain", "moco", trainer, data, started))
+    return path
+
+
+def run_bags(cfg: Config, out: Path) -> Path:
+    """kNN bags from the teacher's backbone features; returns the bag file."""
+    started = time.perf_counter()
+    prepare_run_folder(out, cfg, resume=False)
+    teacher = _load_teacher(cfg)
+    data = build_dataset(cfg.data, "train")
+    features = extract_features(teacher, data, cfg.data, cfg.bags.batch_size, "teacher features")
+    neighbours, similarities = knn_bags(features, cfg.bags.k)
+    meta = {"strategy": "knn", "k": cfg.bags.k, "dataset": data.identity, "feature_layer": "backbone",
+            "source": {"path": cfg.teacher.checkpoint, "sha256": file_digest(Path(cfg.teacher.checkpoint))}}
+    path = out / BAGS_FILE
+    save_bags(path, neighbours, similarities, meta)
+    purity = bag_purity(neighbours, data.labels)
+    write_results(out, {"stage": "bags", **meta, "purity": purity,
+                        "mean_similarity": float(similarities.mean()),
+                        "wall_time_s": round(time.perf_counter() - started, 1), "peak_memory": peak_memory_mib()})
+    log.info("bags: %d images, K=%d, purity %s", len(data), cfg.bags.k,
+             "n/a (no labels)" if purity is None else f"{100 * purity:.1f}%")
+    return path
+
+
+def run_distill(cfg: Config, out: Path, resume: bool = False) -> Path:
+    """Train the student with cfg.distill.method; returns its encoder file."""
+    started = time.perf_counter()
+    name = cfg.distill.method
+    if name not in METHODS:
+        raise UserError(f"unknown method '{name}'; choose one of: {', '.join(METHODS)}")
+    data = build_dataset(cfg.data, "train")
+    transform = moco_v2_transform(cfg.data, cfg.augment)
+    student = Encoder(cfg.student, cfg.data.channels)
+    run_info = {"dataset": data.identity, "method": name}
+    if name == "bingo":
+        teacher = _load_teacher(cfg)
+        if not cfg.distill.bags:
+            raise UserError("BINGO needs bags: pass --bags FILE (built by 'bingo bags')")
+        bags, bag_meta = load_bags(Path(cfg.distill.bags), data.identity)
+        run_info |= {"teacher": file_digest(Path(cfg.teacher.checkpoint)), "bags": file_digest(Path(cfg.distill.bags))}
+        prepare_run_folder(out, cfg, resume)
+        module = Bingo(student, teacher, cfg.distill.optim, cfg.distill.bingo, cfg.distill.moco.shuffle_bn_splits,
+                       run_info)
+        dataset = BagViews(data, bags, transform)
+    else:
+        prepare_run_folder(out, cfg, resume)
+        module = MoCo(student, cfg.distill.optim, cfg.distill.moco, run_info)
+        dataset = Views(data, transform, 2)
+    trainer = fit(module, dataset, cfg, cfg.distill.optim, out, resume)
+    path = out / STUDENT_FILE
+    if is_rank_zero():
+        save_encoder(module.student, cfg.student, cfg.data, path)
+    write_results(out, _training_summary("distill", name, trainer, data, started))
+    return path
+
+
+def run_eval(cfg: Config, out: Path, model: str, protocols: tuple[str, ...] = ("knn", "linear")) -> dict:
+    """Evaluate a model file, raw pixels (`pixels`) or the student with random weights (`random`)."""
+    started = time.perf_counter()
+    prepare_run_folder(out, cfg, resume=False)
+    result = evaluate(cfg, _eval_model(cfg, model), protocols)
+    result |= {"model": model, "wall_time_s": round(time.perf_counter() - started, 1)}
+    write_results(out, result)
+    return result
+
+
+def evaluate(cfg: Config, encoder: Encoder | None, protocols: tuple[str, ...] = ("knn", "linear")) -> dict:
+    """kNN and linear-probe accuracy (%) of an encoder's frozen features (raw pixels when None)."""
+    bank, test = build_dataset(cfg.data, "labeled"), build_dataset(cfg.data, "test")
+    if encoder is None:
+        bank_x, test_x = pixel_features(bank, cfg.data), pixel_features(test, cfg.data)
+    else:
+        bank_x = extract_features(encoder, bank, cfg.data, cfg.eval.batch_size, "features (train)")
+        test_x = extract_features(encoder, test, cfg.data, cfg.eval.batch_size, "features (test)")
+    result = {"params": None if encoder is None else count_parameters(encoder.backbone),
+              "bag_purity": bag_purity(knn_bags(bank_x, 5)[0], bank.labels)}
+    if "knn" in protocols:
+        knn = knn_accuracy(bank_x, bank.labels, test_x, test.labels, cfg.eval.knn_k, cfg.eval.knn_temperature)
+        result["knn"] = {str(k): v for k, v in knn.items()}
+    if "linear" in protocols:
+        result["linear"] = linear_probe_accuracy(bank_x, bank.labels, test_x, test.labels, cfg.eval.linear_epochs,
+                                                 cfg.eval.linear_lr, cfg.eval.linear_batch_size, cfg.seed)
+    return result
+
+
+def run_demo(cfg: Config, out: Path, resume: bool = False) -> dict:
+    """Teacher → bags → BINGO student and MoCo-v2 student → evaluation of all, with a results table."""
+    prepare_run_folder(out, cfg, resume)
+    timings: dict[str, float] = {}
+
+    def stage(name: str, folder: str, product: str, run) -> Path:
+        path = out / folder / product
+        if path.exists():
+            log.info("%s: reusing %s", name, path)
+            return path
+        log.info("%s ...", name)
+        started = time.perf_counter()
+        run(out / folder)
+        timings[name] = round(time.perf_counter() - started, 1)
+        log.info("%s done in %.0f s", name, timings[name])
+        return path
+
+    teacher = stage("pretrain teacher (MoCo-v2)", "teacher", TEACHER_FILE, lambda d: run_pretrain(cfg, d, resume))
+    cfg = copy.deepcopy(cfg)
+    cfg.teacher.checkpoint = str(teacher)
+    bags = stage("build kNN bags", "bags", BAGS_FILE, lambda d: run_bags(cfg, d))
+    cfg.distill.bags = str(bags)
+    students = {}
+    for method in ("bingo", "moco"):
+        method_cfg = copy.deepcopy(cfg)
+        method_cfg.distill.method = method
+        students[method] = stage(f"distil student ({method})", method, STUDENT_FILE,
+                                 lambda d, c=method_cfg: run_distill(c, d, resume))
+    rows = {}
+    started = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    for name, model in (("raw pixels", None), ("student, random weights", Encoder(cfg.student, cfg.data.channels)),
+                        ("teacher (MoCo-v2)", load_encoder(teacher, cfg.teacher, cfg.data)),
+                        ("student, MoCo-v2", load_encoder(students["moco"], cfg.student, cfg.data)),
+                        ("student, BINGO", load_encoder(students["bingo"], cfg.student, cfg.data))):
+        log.info("evaluate %s ...", name)
+        rows[name] = evaluate(cfg, model)
+    timings["evaluate"] = round(time.perf_counter() - started, 1)
+    results = {"rows": rows, "stage_wall_time_s": timings, "peak_memory": peak_memory_mib(),
+               "bags": _read_json(out / "bags" / "results.json"), "seed": cfg.seed}
+    write_results(out, results)
+    print(write_report(out, results, cfg))
+    return results
+
+
+def _training_summary(stage: str, method: str, trainer, data, started: float) -> dict:
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.endswith("_epoch")}
+    return {"stage": stage, "method": method, "epochs": trainer.current_epoch, "images": len(data),
+            "final_metrics": metrics, "wall_time_s": round(time.perf_counter() - started, 1),
+            "peak_memory": peak_memory_mib()}
+
+
+def _load_teacher(cfg: Config) -> Encoder:
+    if not cfg.teacher.checkpoint:
+        raise UserError("no teacher given: pass --teacher FILE (e.g. teacher.safetensors from 'bingo pretrain')")
+    return load_encoder(cfg.teacher.checkpoint, cfg.teacher, cfg.data)
+
+
+def _eval_model(cfg: Config, model: str) -> Encoder | None:
+    if model == "pixels":
+        return None
+    if model == "random":
+        torch.manual_seed(cfg.seed)
+        return Encoder(cfg.student, cfg.data.channels)
+    return load_encoder(model, cfg.student, cfg.data)
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+

@@ -1,0 +1,103 @@
+"""Run folders and the Lightning Trainer every training stage uses: loggers, checkpoints, resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
+from torch.utils.data import DataLoader, Dataset
+
+from bingo.config import Config, OptimConfig, save_config
+from bingo.errors import UserError
+from bingo.models.checkpoints import AtomicCheckpointIO, atomic_write
+
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+
+
+def is_rank_zero() -> bool:
+    """True in the process that writes results (global rank 0, also before DDP starts)."""
+    return rank_zero_only.rank == 0
+
+
+def prepare_run_folder(out: Path, cfg: Config, resume: bool) -> None:
+    """Create the run folder and save the resolved config; refuse to overwrite another run."""
+    if not is_rank_zero():
+        return
+    if (out / "config.yaml").exists() and not resume:
+        raise UserError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out)
+
+
+def write_results(out: Path, results: dict) -> None:
+    """Write results.json into the run folder (rank 0 only, atomically)."""
+    if is_rank_zero():
+        text = json.dumps(results, indent=2)
+        atomic_write(out / "results.json", lambda tmp: Path(tmp).write_text(text))
+
+
+def file_digest(path: Path) -> str:
+    """Short sha256 of a file's bytes: the identity of a teacher or bag file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def peak_memory_mib() -> dict[str, float]:
+    """Peak resident memory so far: this process and its largest child (data loader workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"main_mib": round(own, 1), "largest_child_mib": round(child, 1)}
+
+
+def make_trainer(cfg: Config, optim: OptimConfig, out: Path) -> L.Trainer:
+    """A Trainer with the configured devices, precision and loggers, checkpointing every epoch."""
+    run = cfg.trainer
+    loggers = [_logger(name, out) for name in run.loggers]
+    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0)
+    return L.Trainer(max_epochs=optim.epochs, accelerator=run.accelerator, devices=run.devices,
+                     num_nodes=run.num_nodes, strategy=run.strategy, precision=run.precision, logger=loggers,
+                     callbacks=[checkpoint], plugins=[AtomicCheckpointIO()], default_root_dir=out,
+                     log_every_n_steps=run.log_every_n_steps, enable_progress_bar=run.progress_bar,
+                     limit_train_batches=run.limit_train_batches, enable_model_summary=False)
+
+
+def _logger(name: str, out: Path):
+    from lightning.pytorch import loggers
+
+    if name == "csv":
+        return loggers.CSVLogger(out, name="", version="logs")
+    if name == "tensorboard":
+        return loggers.TensorBoardLogger(out, name="", version="tensorboard")
+    if name == "wandb":
+        try:
+            return loggers.WandbLogger(save_dir=str(out), name=out.name)
+        except ModuleNotFoundError:
+            raise UserError("trainer.loggers asks for wandb, which is not installed: pip install wandb") from None
+    raise UserError(f"unknown logger '{name}'; choose from csv, tensorboard, wandb")
+
+
+def fit(module: L.LightningModule, dataset: Dataset, cfg: Config, optim: OptimConfig, out: Path,
+        resume: bool) -> L.Trainer:
+    """Train `module` on `dataset` for optim.epochs, resuming from the last checkpoint if asked."""
+    trainer = make_trainer(cfg, optim, out)
+    processes = trainer.world_size
+    if optim.batch_size % processes:
+        raise UserError(f"batch size {optim.batch_size} does not split over {processes} processes")
+    if len(dataset) < optim.batch_size:
+        raise UserError(f"the data set has {len(dataset)} images, fewer than one batch ({optim.batch_size}); "
+                        "lower the batch size")
+    loader = DataLoader(dataset, batch_size=optim.batch_size // processes, shuffle=True, drop_last=True,
+                        num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0,
+                        pin_memory=torch.cuda.is_available())
+    checkpoint = out / LAST_CHECKPOINT
+    trainer.fit(module, loader, ckpt_path=checkpoint if resume and checkpoint.exists() else None)
+    return trainer
