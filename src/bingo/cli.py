@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import warnings
@@ -69,10 +70,11 @@ def quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `bingo` command."""
     args = build_parser().parse_args(argv)
-    quiet_libraries()
     try:
         cfg = resolve_config(args)
         from bingo import pipeline  # heavy imports only once the command line is valid
+
+        quiet_libraries()
 
         if args.command == "pretrain":
             pipeline.run_pretrain(cfg, args.out, args.resume)
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             pipeline.run_distill(cfg, args.out, args.resume)
         elif args.command == "eval":
             protocols = ("knn", "linear") if args.protocol == "all" else (args.protocol,)
-            print(pipeline.run_eval(cfg, args.out, args.model, protocols))
+            print(json.dumps(pipeline.run_eval(cfg, args.out, args.model, protocols), indent=2))
         else:
             pipeline.run_demo(cfg, args.out, args.resume)
     except UserError as err:

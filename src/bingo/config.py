@@ -8,8 +8,8 @@ config beside its results, so a run can always be traced back to its settings.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import difflib
+import functools
 import json
 import typing
 from dataclasses import dataclass, field
@@ -62,6 +62,7 @@ class ModelConfig:
     width: int = 64  # ResNet width of the first stage (64 is the standard); others are built with timm
     stem: str = "imagenet"  # imagenet (7x7/2 conv + max-pool) | cifar (3x3/1 conv, no pool) | small (3x3/2, no pool)
     head_hidden: int = 2048  # hidden width of the projection MLP
+    head_bn: bool = False  # BatchNorm after the head's hidden layer (MoCo-v2 has none)
     embed_dim: int = 128
     checkpoint: str = ""  # weights to load (required for a teacher)
 
@@ -275,6 +276,11 @@ def _coerce(value: Any, path: str, origin: str) -> Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     base = typing.get_origin(hint) or hint

@@ -6,14 +6,15 @@ import copy
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-import torch
+import lightning as L
 
 from bingo.bags.features import extract_features, pixel_features
 from bingo.bags.files import load_bags, save_bags
 from bingo.bags.knn import bag_purity, knn_bags
-from bingo.config import Config
+from bingo.config import Config, ModelConfig
 from bingo.data.datasets import build_dataset
 from bingo.data.transforms import moco_v2_transform
 from bingo.data.views import BagViews, Views
@@ -21,6 +22,7 @@ from bingo.errors import UserError
 from bingo.eval.knn import knn_accuracy
 from bingo.eval.linear import linear_probe_accuracy
 from bingo.methods import METHODS, Bingo, MoCo
+from bingo.methods.base import Method
 from bingo.models.backbones import count_parameters
 from bingo.models.checkpoints import load_encoder, save_encoder
 from bingo.models.encoder import Encoder
@@ -34,26 +36,25 @@ TEACHER_FILE, STUDENT_FILE, BAGS_FILE = "teacher.safetensors", "student.safetens
 def run_pretrain(cfg: Config, out: Path, resume: bool = False) -> Path:
     """Pretrain a MoCo-v2 teacher on the training images (labels unused); returns its encoder file."""
     started = time.perf_counter()
-    prepare_run_folder(out, cfg, resume)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = build_dataset(cfg.data, "train")
-    module = MoCo(Encoder(cfg.teacher, cfg.data.channels), cfg.pretrain.optim, cfg.pretrain.moco,
-                  run_info={"dataset": data.identity})
+    run_info = {"dataset": data.identity}
+    prepare_run_folder(out, cfg, resume, run_info)
+    module = MoCo(Encoder(cfg.teacher, cfg.data.channels), cfg.pretrain.optim, cfg.pretrain.moco, run_info)
     views = Views(data, moco_v2_transform(cfg.data, cfg.augment), 2)
     trainer = fit(module, views, cfg, cfg.pretrain.optim, out, resume)
-    path = out / TEACHER_FILE
-    if is_rank_zero():
-        save_encoder(module.student, cfg.teacher, cfg.data, path)
-    write_results(out, _training_summary("pretrain", "moco", trainer, data, started))
-    return path
+    return _finish_training(module, trainer, cfg.teacher, cfg, out / TEACHER_FILE,
+                            {"stage": "pretrain", "method": "moco", "images": len(data)}, started)
 
 
 def run_bags(cfg: Config, out: Path) -> Path:
     """kNN bags from the teacher's backbone features; returns the bag file."""
     started = time.perf_counter()
-    prepare_run_folder(out, cfg, resume=False)
     teacher = _load_teacher(cfg)
     data = build_dataset(cfg.data, "train")
-    features = extract_features(teacher, data, cfg.data, cfg.bags.batch_size, "teacher features")
+    prepare_run_folder(out, cfg, resume=False)
+    features = extract_features(teacher, data, cfg.data, cfg.bags.batch_size, "teacher features",
+                                cfg.trainer.progress_bar)
     neighbours, similarities = knn_bags(features, cfg.bags.k)
     meta = {"strategy": "knn", "k": cfg.bags.k, "dataset": data.identity, "feature_layer": "backbone",
             "source": {"path": cfg.teacher.checkpoint, "sha256": file_digest(Path(cfg.teacher.checkpoint))}}
@@ -71,6 +72,7 @@ def run_bags(cfg: Config, out: Path) -> Path:
 def run_distill(cfg: Config, out: Path, resume: bool = False) -> Path:
     """Train the student with cfg.distill.method; returns its encoder file."""
     started = time.perf_counter()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     name = cfg.distill.method
     if name not in METHODS:
         raise UserError(f"unknown method '{name}'; choose one of: {', '.join(METHODS)}")
@@ -82,29 +84,27 @@ def run_distill(cfg: Config, out: Path, resume: bool = False) -> Path:
         teacher = _load_teacher(cfg)
         if not cfg.distill.bags:
             raise UserError("BINGO needs bags: pass --bags FILE (built by 'bingo bags')")
-        bags, bag_meta = load_bags(Path(cfg.distill.bags), data.identity)
+        bags, _ = load_bags(Path(cfg.distill.bags), data.identity)
         run_info |= {"teacher": file_digest(Path(cfg.teacher.checkpoint)), "bags": file_digest(Path(cfg.distill.bags))}
-        prepare_run_folder(out, cfg, resume)
         module = Bingo(student, teacher, cfg.distill.optim, cfg.distill.bingo, cfg.distill.moco.shuffle_bn_splits,
                        run_info)
         dataset = BagViews(data, bags, transform)
     else:
-        prepare_run_folder(out, cfg, resume)
         module = MoCo(student, cfg.distill.optim, cfg.distill.moco, run_info)
         dataset = Views(data, transform, 2)
+    prepare_run_folder(out, cfg, resume, run_info)
     trainer = fit(module, dataset, cfg, cfg.distill.optim, out, resume)
-    path = out / STUDENT_FILE
-    if is_rank_zero():
-        save_encoder(module.student, cfg.student, cfg.data, path)
-    write_results(out, _training_summary("distill", name, trainer, data, started))
-    return path
+    return _finish_training(module, trainer, cfg.student, cfg, out / STUDENT_FILE,
+                            {"stage": "distill", "method": name, "images": len(data)}, started)
 
 
 def run_eval(cfg: Config, out: Path, model: str, protocols: tuple[str, ...] = ("knn", "linear")) -> dict:
     """Evaluate a model file, raw pixels (`pixels`) or the student with random weights (`random`)."""
     started = time.perf_counter()
+    encoder = _eval_model(cfg, model)
+    build_dataset(cfg.data, "test")  # fails here, before the run folder exists, if the data is missing
     prepare_run_folder(out, cfg, resume=False)
-    result = evaluate(cfg, _eval_model(cfg, model), protocols)
+    result = evaluate(cfg, encoder, protocols)
     result |= {"model": model, "wall_time_s": round(time.perf_counter() - started, 1)}
     write_results(out, result)
     return result
@@ -116,8 +116,10 @@ def evaluate(cfg: Config, encoder: Encoder | None, protocols: tuple[str, ...] = 
     if encoder is None:
         bank_x, test_x = pixel_features(bank, cfg.data), pixel_features(test, cfg.data)
     else:
-        bank_x = extract_features(encoder, bank, cfg.data, cfg.eval.batch_size, "features (train)")
-        test_x = extract_features(encoder, test, cfg.data, cfg.eval.batch_size, "features (test)")
+        bank_x = extract_features(encoder, bank, cfg.data, cfg.eval.batch_size, "features (train)",
+                                  cfg.trainer.progress_bar)
+        test_x = extract_features(encoder, test, cfg.data, cfg.eval.batch_size, "features (test)",
+                                  cfg.trainer.progress_bar)
     result = {"params": None if encoder is None else count_parameters(encoder.backbone),
               "bag_purity": bag_purity(knn_bags(bank_x, 5)[0], bank.labels)}
     if "knn" in protocols:
@@ -131,10 +133,11 @@ def evaluate(cfg: Config, encoder: Encoder | None, protocols: tuple[str, ...] = 
 
 def run_demo(cfg: Config, out: Path, resume: bool = False) -> dict:
     """Teacher → bags → BINGO student and MoCo-v2 student → evaluation of all, with a results table."""
+    build_dataset(cfg.data, "train")  # a missing data set fails here, before the run folder exists
     prepare_run_folder(out, cfg, resume)
     timings: dict[str, float] = {}
 
-    def stage(name: str, folder: str, product: str, run) -> Path:
+    def stage(name: str, folder: str, product: str, run: Callable[[Path], Path]) -> Path:
         path = out / folder / product
         if path.exists():
             log.info("%s: reusing %s", name, path)
@@ -159,7 +162,7 @@ def run_demo(cfg: Config, out: Path, resume: bool = False) -> dict:
                                  lambda d, c=method_cfg: run_distill(c, d, resume))
     rows = {}
     started = time.perf_counter()
-    torch.manual_seed(cfg.seed)
+    L.seed_everything(cfg.seed, verbose=False)
     for name, model in (("raw pixels", None), ("student, random weights", Encoder(cfg.student, cfg.data.channels)),
                         ("teacher (MoCo-v2)", load_encoder(teacher, cfg.teacher, cfg.data)),
                         ("student, MoCo-v2", load_encoder(students["moco"], cfg.student, cfg.data)),
@@ -174,11 +177,20 @@ def run_demo(cfg: Config, out: Path, resume: bool = False) -> dict:
     return results
 
 
-def _training_summary(stage: str, method: str, trainer, data, started: float) -> dict:
+def _finish_training(module: Method, trainer: L.Trainer, model: ModelConfig, cfg: Config, path: Path,
+                     summary: dict, started: float) -> Path:
+    """Save the trained encoder and results.json (rank 0); a resumed, already finished run keeps its own."""
+    previous = _read_json(path.parent / "results.json")
+    if previous.get("steps") == trainer.global_step and path.exists():
+        log.info("%s had already finished; kept its results", path.parent)
+        return path
+    if is_rank_zero():
+        save_encoder(module.student, model, cfg.data, path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.endswith("_epoch")}
-    return {"stage": stage, "method": method, "epochs": trainer.current_epoch, "images": len(data),
-            "final_metrics": metrics, "wall_time_s": round(time.perf_counter() - started, 1),
-            "peak_memory": peak_memory_mib()}
+    write_results(path.parent, {**summary, "epochs": trainer.current_epoch, "steps": trainer.global_step,
+                                "final_metrics": metrics, "wall_time_s": round(time.perf_counter() - started, 1),
+                                "peak_memory": peak_memory_mib()})
+    return path
 
 
 def _load_teacher(cfg: Config) -> Encoder:
@@ -191,7 +203,7 @@ def _eval_model(cfg: Config, model: str) -> Encoder | None:
     if model == "pixels":
         return None
     if model == "random":
-        torch.manual_seed(cfg.seed)
+        L.seed_everything(cfg.seed, verbose=False)
         return Encoder(cfg.student, cfg.data.channels)
     return load_encoder(model, cfg.student, cfg.data)
 

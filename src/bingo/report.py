@@ -36,7 +36,8 @@ def write_report(out: Path, results: dict, cfg: Config) -> str:
         "Accuracies in % on the test split; bag purity: share of each training image's 5 nearest "
         "neighbours (in that model's features) that carry its label.",
         f"Wall time per stage: {times or 'all stages reused'}.",
-        f"Peak memory: main process {memory['main_mib']:.0f} MiB, largest worker {memory['largest_child_mib']:.0f} MiB.",
+        f"Peak memory: main process {memory['main_mib']:.0f} MiB, "
+        f"largest worker {memory['largest_child_mib']:.0f} MiB.",
         ""])
     (out / "results.md").write_text(text)
     return text

@@ -22,7 +22,7 @@ def device() -> torch.device:
 
 @torch.inference_mode()
 def extract_features(encoder: Encoder, dataset: ImageDataset, data: DataConfig, batch_size: int,
-                     desc: str = "features") -> np.ndarray:
+                     desc: str = "features", progress: bool = True) -> np.ndarray:
     """(N, D) float32 L2-normalised pooled backbone features under the evaluation transform."""
     run_on = device()
     was_training = encoder.training
@@ -30,7 +30,7 @@ def extract_features(encoder: Encoder, dataset: ImageDataset, data: DataConfig, 
     loader = DataLoader(Views(dataset, eval_transform(data), 1), batch_size=batch_size,
                         num_workers=data.num_workers, shuffle=False)
     chunks = []
-    for (images,), _, _ in tqdm(loader, desc=desc, leave=False):
+    for (images,), _, _ in tqdm(loader, desc=desc, leave=False, disable=not progress):
         chunks.append(F.normalize(encoder.features(images.to(run_on)).float(), dim=1).cpu())
     encoder.train(was_training)
     return torch.cat(chunks).numpy()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 import gzip
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -152,7 +153,7 @@ def _fashion_mnist(cfg: DataConfig, split: str, mode: str) -> ImageDataset:
     return ArrayImages("fashion-mnist", split, pixels, labels, mode)
 
 
-def _torchvision(factory, cfg: DataConfig, **kwargs):
+def _torchvision(factory: Callable, cfg: DataConfig, **kwargs: object) -> object:
     try:
         return factory(cfg.root, download=cfg.download, **kwargs)
     except RuntimeError as err:
@@ -202,7 +203,7 @@ def _generated(cfg: DataConfig, split: str, mode: str) -> ImageDataset:
     labels = rng.integers(0, classes, count)
     shifts = rng.integers(-size // 8, size // 8 + 1, (count, 2))
     pixels = np.empty((count, size, size, 3), np.uint8)
-    for i, (label, (dy, dx)) in enumerate(zip(labels, shifts)):
+    for i, (label, (dy, dx)) in enumerate(zip(labels, shifts, strict=True)):
         image = np.roll(templates[label], (dy, dx), axis=(0, 1)) * rng.uniform(0.7, 1.1)
         pixels[i] = np.clip(image + rng.normal(0, 20, image.shape), 0, 255)
     return ArrayImages("generated", split, pixels, labels, mode)

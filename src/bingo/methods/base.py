@@ -34,7 +34,7 @@ class Method(L.LightningModule):
         self.teacher_bn, self.shuffle_bn_splits = teacher_bn, shuffle_bn_splits
         self.run_info = run_info or {}
         if teacher is not None:
-            freeze(teacher)
+            freeze(teacher, batch_statistics=teacher_bn == "train")
             if teacher_bn == "train":
                 for module in teacher.modules():
                     if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -85,10 +85,13 @@ class Method(L.LightningModule):
                                 f"({stored[key]} vs {value}); start a new run with another --out")
 
 
-def freeze(module: nn.Module) -> None:
-    """Take a module out of training: no gradients, eval mode."""
+def freeze(module: nn.Module, batch_statistics: bool = False) -> None:
+    """Take a module out of the optimizer; BatchNorm uses batch statistics only if asked (train mode).
+
+    Lightning keeps each submodule's mode as set here when training starts.
+    """
     module.requires_grad_(False)
-    module.eval()
+    module.train(batch_statistics)
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:

@@ -20,19 +20,13 @@ class MoCo(Method):
         super().__init__(student, optim, run_info=run_info)
         self.moco = moco
         self.key_encoder = copy.deepcopy(student)
-        freeze(self.key_encoder)
+        freeze(self.key_encoder, batch_statistics=True)
         self.queue = KeyQueue(moco.queue_size, student.head[-1].out_features)
-
-    def train(self, mode: bool = True) -> MoCo:
-        """Training mode; the key encoder uses batch statistics as in MoCo."""
-        super().train(mode)
-        self.key_encoder.train(mode)
-        return self
 
     @torch.no_grad()
     def momentum_update(self) -> None:
         """key ← m·key + (1 - m)·query, parameter by parameter."""
-        for key, query in zip(self.key_encoder.parameters(), self.student.parameters()):
+        for key, query in zip(self.key_encoder.parameters(), self.student.parameters(), strict=True):
             key.mul_(self.moco.momentum).add_(query.detach(), alpha=1 - self.moco.momentum)
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:

@@ -36,6 +36,8 @@ def _timm_backbone(cfg: ModelConfig, in_channels: int) -> tuple[nn.Module, int]:
         if not cfg.arch.startswith("resnet"):
             raise UserError(f"model width applies to ResNets only, not '{cfg.arch}'; leave width at 64")
         extra = {"channels": tuple(cfg.width * m for m in (1, 2, 4, 8)), "stem_width": cfg.width}
+    if cfg.arch.startswith("resnet"):
+        extra["zero_init_last"] = False  # initialise like torchvision's ResNet, so both builds train alike
     try:
         model = timm.create_model(cfg.arch, pretrained=False, num_classes=0, in_chans=in_channels, **extra)
     except RuntimeError as err:

@@ -10,9 +10,10 @@ from bingo.config import ModelConfig
 from bingo.models.backbones import build_backbone
 
 
-def projection_head(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
-    """MoCo-v2's MLP head: Linear(in, hidden) - ReLU - Linear(hidden, out)."""
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
+def projection_head(in_dim: int, hidden: int, out_dim: int, batch_norm: bool = False) -> nn.Sequential:
+    """MoCo-v2's MLP head: Linear(in, hidden) - [BatchNorm] - ReLU - Linear(hidden, out)."""
+    norm = [nn.BatchNorm1d(hidden)] if batch_norm else []
+    return nn.Sequential(nn.Linear(in_dim, hidden), *norm, nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
 
 
 class Encoder(nn.Module):
@@ -21,7 +22,7 @@ class Encoder(nn.Module):
     def __init__(self, cfg: ModelConfig, in_channels: int):
         super().__init__()
         self.backbone, self.feature_dim = build_backbone(cfg, in_channels)
-        self.head = projection_head(self.feature_dim, cfg.head_hidden, cfg.embed_dim)
+        self.head = projection_head(self.feature_dim, cfg.head_hidden, cfg.embed_dim, cfg.head_bn)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features: (B, C, H, W) -> (B, D)."""

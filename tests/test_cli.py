@@ -1,0 +1,269 @@
+"""The command line end to end on generated images: every stage, the demo, resume, refusals of bad input."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from bingo import pipeline
+from bingo.bags.files import load_bags
+from bingo.cli import main
+from bingo.config import from_dict
+from bingo.data.datasets import build_dataset
+from bingo.models.checkpoints import load_encoder
+from conftest import BATCH, QUEUE, TRAIN_SIZE, check_ok, read_json, run_cli, snapshot, tiny_config, tiny_sets
+
+RUN_FILES = {"config.yaml", "results.json", "checkpoints/last.ckpt"}
+
+
+def files_of(folder) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
+def assert_accuracy(block: dict) -> None:
+    assert set(block) == {"top1", "top5"}
+    assert all(0 <= v <= 100 for v in block.values()) and block["top1"] <= block["top5"]
+
+
+def assert_eval_result(result: dict, ks=("3", "10")) -> None:
+    assert 0 <= result["bag_purity"] <= 1
+    assert set(result["knn"]) == set(ks)
+    for block in result["knn"].values():
+        assert_accuracy(block)
+    assert_accuracy(result["linear"])
+
+
+def test_pretrain_products(chain):
+    folder = chain.teacher.parent
+    assert RUN_FILES | {"teacher.safetensors"} <= files_of(folder)
+    result = read_json(folder / "results.json")
+    assert (result["stage"], result["method"], result["epochs"], result["images"]) == ("pretrain", "moco", 1,
+                                                                                      TRAIN_SIZE)
+    assert math.isfinite(result["final_metrics"]["train/loss_epoch"])
+    cfg = from_dict(yaml.safe_load((folder / "config.yaml").read_text()))
+    assert cfg.data.name == "generated" and cfg.teacher.width == 8
+    teacher = load_encoder(chain.teacher, cfg.teacher, cfg.data)
+    assert teacher.head[-1].out_features == 16
+
+
+def test_bags_products(chain):
+    cfg = tiny_config()
+    data = build_dataset(cfg.data, "train")
+    bags, meta = load_bags(chain.bags, data.identity)
+    assert bags.shape == (TRAIN_SIZE, 3)
+    assert not (bags == np.arange(TRAIN_SIZE)[:, None]).any()
+    assert meta["k"] == 3 and meta["strategy"] == "knn" and meta["source"]["path"] == str(chain.teacher)
+    result = read_json(chain.bags.parent / "results.json")
+    assert result["stage"] == "bags" and 0 <= result["purity"] <= 1 and -1 <= result["mean_similarity"] <= 1
+    assert result["purity"] == pytest.approx(float((data.labels[bags] == data.labels[:, None]).mean()))
+    assert (chain.bags.parent / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize("method", ["bingo", "moco"])
+def test_distill_products(chain, method):
+    folder = chain.bingo if method == "bingo" else chain.moco
+    assert RUN_FILES | {"student.safetensors"} <= files_of(folder)
+    result = read_json(folder / "results.json")
+    assert (result["stage"], result["method"], result["epochs"], result["images"]) == ("distill", method, 1,
+                                                                                      TRAIN_SIZE)
+    expected = {"loss", "anchor", "positive", "mix", "intra", "inter", "alignment"} if method == "bingo" else \
+        {"loss", "alignment"}
+    assert {k.removeprefix("train/").removesuffix("_epoch") for k in result["final_metrics"]} == expected
+    assert all(math.isfinite(v) for v in result["final_metrics"].values())
+    cfg = tiny_config()
+    student = load_encoder(folder / "student.safetensors", cfg.student, cfg.data)
+    with torch.no_grad():
+        z = student.eval()(torch.randn(2, 3, 16, 16))
+    assert z.shape == (2, 16)
+    torch.testing.assert_close(z.norm(dim=1), torch.ones(2))
+    ckpt = torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == TRAIN_SIZE // BATCH
+    saved = load_file(str(folder / "student.safetensors"))
+    for key, value in saved.items():  # the student file is the checkpoint's final student
+        assert torch.equal(ckpt["state_dict"][f"student.{key}"], value), key
+    if method == "bingo":
+        assert int(ckpt["state_dict"]["queue.ptr"]) == TRAIN_SIZE % QUEUE
+        assert set(ckpt["bingo_run"]) == {"dataset", "method", "teacher", "bags"}
+        teacher = load_file(str(chain.teacher))
+        for key, value in teacher.items():  # the teacher stayed frozen
+            assert torch.equal(ckpt["state_dict"][f"teacher.{key}"], value), key
+    saved_cfg = from_dict(yaml.safe_load((folder / "config.yaml").read_text()))
+    assert saved_cfg.distill.method == method
+
+
+def test_eval_products(chain):
+    result = read_json(chain.eval / "results.json")
+    assert_eval_result(result)
+    assert result["params"] > 0 and result["model"] == str(chain.bingo / "student.safetensors")
+    assert (chain.eval / "config.yaml").is_file()
+
+
+def test_demo_on_generated_images(tmp_path):
+    out = tmp_path / "demo"
+    proc = run_cli("demo", *tiny_sets(), "--out", out)
+    check_ok(proc)
+    results = read_json(out / "results.json")
+    assert list(results["rows"]) == ["raw pixels", "student, random weights", "teacher (MoCo-v2)",
+                                     "student, MoCo-v2", "student, BINGO"]
+    for name, row in results["rows"].items():
+        assert_eval_result(row, ks=("3", "10"))
+        assert (row["params"] is None) == (name == "raw pixels")
+    assert 0 <= results["bags"]["purity"] <= 1
+    assert set(results["stage_wall_time_s"]) >= {"pretrain teacher (MoCo-v2)", "build kNN bags",
+                                                 "distil student (bingo)", "distil student (moco)", "evaluate"}
+    for sub, product in [("teacher", "teacher.safetensors"), ("bags", "bags.npz"), ("bingo", "student.safetensors"),
+                         ("moco", "student.safetensors")]:
+        assert (out / sub / product).is_file() and (out / sub / "config.yaml").is_file()
+    table = (out / "results.md").read_text()
+    assert "| student, BINGO |" in table and "kNN@3 top-1" in table
+    assert "| student, BINGO |" in proc.stdout
+
+
+def _copy_run(chain, tmp_path):
+    run = tmp_path / "bingo"
+    shutil.copytree(chain.bingo, run)
+    return run
+
+
+def _distill_args(chain, out, *extra):
+    return ("distill", *tiny_sets(*extra), "--method", "bingo", "--teacher", chain.teacher, "--bags", chain.bags,
+            "--out", out)
+
+
+def test_resume_finished_distill(chain, tmp_path):
+    run = _copy_run(chain, tmp_path)
+    student = load_file(str(run / "student.safetensors"))
+    check_ok(run_cli(*_distill_args(chain, run), "--resume"))
+    resumed = load_file(str(run / "student.safetensors"))
+    assert set(resumed) == set(student)
+    assert all(torch.equal(resumed[k], student[k]) for k in student)  # nothing left to train
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    result = read_json(run / "results.json")
+    assert (result["stage"], result["method"], result["epochs"]) == ("distill", "bingo", 1)
+
+
+def test_resume_finished_distill_keeps_its_results(chain, tmp_path):
+    run = _copy_run(chain, tmp_path)
+    before = read_json(run / "results.json")
+    check_ok(run_cli(*_distill_args(chain, run), "--resume"))
+    assert read_json(run / "results.json")["final_metrics"] == before["final_metrics"]
+
+
+def test_second_run_into_the_same_folder_is_refused(chain, tmp_path):
+    run = _copy_run(chain, tmp_path)
+    before = snapshot(run)
+    proc = run_cli(*_distill_args(chain, run))
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [f"bingo: error: {run} already holds a run; pass --resume to continue it, "
+                                        "or choose another --out"]
+    assert snapshot(run) == before
+
+
+def test_resume_with_other_bags_is_refused(chain, tmp_path):
+    run = _copy_run(chain, tmp_path)
+    other = tmp_path / "bags.npz"
+    shutil.copy(chain.bags, other)
+    with np.load(other) as stored:  # same data set, other neighbours: another bag file
+        arrays = dict(stored)
+    arrays["neighbours"] = np.roll(arrays["neighbours"], 1, axis=1)
+    np.savez(other, **arrays)
+    before = snapshot(run)
+    proc = run_cli("distill", *tiny_sets(), "--method", "bingo", "--teacher", chain.teacher, "--bags", other,
+                   "--out", run, "--resume")
+    assert proc.returncode == 2
+    assert len(proc.stderr.splitlines()) == 1
+    assert proc.stderr.startswith("bingo: error: cannot resume") and "made with another bags" in proc.stderr
+    assert snapshot(run) == before  # config.yaml too: it must keep describing the checkpoint
+
+
+def test_same_seed_repeats_a_distillation(tmp_path):
+    """`--seed N makes a CPU run repeatable`: two runs in one process give the same student."""
+    cfg = tiny_config("distill.method=moco", "trainer.limit_train_batches=2", "seed=5")
+    pipeline.run_distill(cfg, tmp_path / "a")
+    pipeline.run_distill(cfg, tmp_path / "b")
+    a, b = (load_file(str(tmp_path / run / "student.safetensors")) for run in ("a", "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- bad input: one line on stderr, exit code 2, nothing written ------------------------------------
+
+def _evil_checkpoint(tmp_path):
+    import os
+
+    class Exploit:
+        def __reduce__(self):
+            return os.system, (f"touch {tmp_path / 'MARKER'}",)
+
+    path = tmp_path / "evil.pth.tar"
+    torch.save({"state_dict": {"module.encoder_q.conv1.weight": torch.zeros(1)}, "x": Exploit()}, path)
+    return path
+
+
+BAD_INPUTS = {
+    "bags for another data set": (
+        lambda c, t: _distill_args(c, t / "out", "data.generated_train_size=160"),
+        "was built for data set generated/train (128 images"),
+    "missing data set (cifar10)": (
+        lambda c, t: ("pretrain", *tiny_sets("data.name=cifar10", "data.root=/nonexistent"), "--out", t / "out"),
+        "data set 'cifar10' not found under /nonexistent"),
+    "missing data set (imagefolder)": (
+        lambda c, t: ("eval", "knn", *tiny_sets("data.name=imagefolder", "data.root=/nonexistent"),
+                      "--model", "pixels", "--out", t / "out"),
+        "image folder /nonexistent has no val or test/ subfolder"),
+    "unknown method": (
+        lambda c, t: ("distill", *tiny_sets(), "--method", "simclr", "--out", t / "out"),
+        "unknown method 'simclr'; choose one of: bingo, moco"),
+    "unknown preset": (
+        lambda c, t: ("pretrain", "--preset", "cifar-huge", "--out", t / "out"),
+        "unknown preset 'cifar-huge'"),
+    "unknown config key": (
+        lambda c, t: ("pretrain", *tiny_sets("optim.learning_rate=0.1"), "--out", t / "out"),
+        "--set: unknown config key 'optim.learning_rate'"),
+    "malformed override": (
+        lambda c, t: ("pretrain", *tiny_sets(), "--set", "optim.lr", "--out", t / "out"),
+        "override 'optim.lr' must look like key=value"),
+    "teacher for another image size": (
+        lambda c, t: ("bags", *tiny_sets("data.image_size=24", "data.eval_resize=24"), "--teacher", c.teacher,
+                      "--out", t / "out"),
+        "was trained on 3-channel 16 px images but this run uses 3-channel 24 px ones"),
+    "student for other channels": (
+        lambda c, t: ("eval", "all", *tiny_sets("data.channels=1", "data.mean=[0.5]", "data.std=[0.25]"),
+                      "--model", c.bingo / "student.safetensors", "--out", t / "out"),
+        "was trained on 3-channel 16 px images but this run uses 1-channel 16 px ones"),
+    "malicious teacher pickle": (
+        lambda c, t: ("distill", *tiny_sets(), "--method", "bingo", "--teacher", _evil_checkpoint(t),
+                      "--bags", c.bags, "--out", t / "out"),
+        "needs arbitrary code to unpickle and was refused"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_line_and_exit_2(case, chain, tmp_path, capsys, bingo_logger_guard):
+    make_args, message = BAD_INPUTS[case]
+    args = [str(a) for a in make_args(chain, tmp_path)]
+    chain_before = snapshot(chain.root)
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bingo: error: "), err
+    assert message in lines[0]
+    assert not (tmp_path / "out").exists()  # no run folder left behind
+    assert not (tmp_path / "MARKER").exists()
+    assert snapshot(chain.root) == chain_before
+
+
+@pytest.mark.parametrize("case", ["bags for another data set", "malicious teacher pickle"])
+def test_bad_input_in_a_real_process(case, chain, tmp_path):
+    make_args, message = BAD_INPUTS[case]
+    proc = run_cli(*make_args(chain, tmp_path))
+    assert proc.returncode == 2
+    assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("bingo: error: "), proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "out").exists() and not (tmp_path / "MARKER").exists()

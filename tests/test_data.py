@@ -1,0 +1,146 @@
+"""Generated images, the bag data set's positives and views, and CutMix's box and weight."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+import torch
+
+from bingo.bags.knn import knn_bags
+from bingo.data.datasets import build_dataset
+from bingo.data.transforms import cutmix, eval_transform, moco_v2_transform
+from bingo.data.views import BagViews, Views
+from bingo.errors import UserError
+from conftest import TRAIN_SIZE, tiny_config
+
+K = 3
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return tiny_config()
+
+
+@pytest.fixture(scope="module")
+def train(cfg):
+    return build_dataset(cfg.data, "train")
+
+
+@pytest.fixture(scope="module")
+def bags(train):
+    x = np.random.default_rng(0).normal(size=(len(train), 8)).astype(np.float32)
+    return knn_bags(x / np.linalg.norm(x, axis=1, keepdims=True), K)[0]
+
+
+def test_generated_data_is_fixed_and_class_structured(cfg, train):
+    again = build_dataset(cfg.data, "train")
+    labeled, test = build_dataset(cfg.data, "labeled"), build_dataset(cfg.data, "test")
+    assert len(train) == TRAIN_SIZE and len(test) == cfg.data.generated_test_size
+    np.testing.assert_array_equal(train.pixels, again.pixels)
+    assert train.identity == again.identity and train.identity["size"] == TRAIN_SIZE
+    np.testing.assert_array_equal(train.pixels, labeled.pixels)  # labeled = the training images, with labels
+    assert labeled.identity["split"] == "labeled" and train.identity["split"] == "train"
+    assert test.identity["fingerprint"] != train.identity["fingerprint"]
+    assert set(np.unique(train.labels)) <= set(range(cfg.data.generated_classes))
+    image = train.image(0)
+    assert image.mode == "RGB" and image.size == (16, 16)
+    # Same-class images are closer than other-class images on average (the classes are learnable).
+    x = train.pixels.reshape(len(train), -1).astype(np.float64)
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    sims = x @ x.T
+    same = train.labels[:, None] == train.labels[None, :]
+    np.fill_diagonal(same, False)
+    other = train.labels[:, None] != train.labels[None, :]
+    assert sims[same].mean() > sims[other].mean() + 0.2
+
+
+def test_generated_other_size_has_another_identity(cfg, train):
+    bigger = tiny_config("data.generated_train_size=160")
+    assert build_dataset(bigger.data, "train").identity != train.identity
+    subset = build_dataset(tiny_config("data.train_subset=50").data, "train")
+    assert len(subset) == 50 and subset.identity["size"] == 50
+    gray = build_dataset(tiny_config("data.channels=1", "data.mean=[0.5]", "data.std=[0.25]").data, "train")
+    assert gray.image(0).mode == "L"
+
+
+def test_bad_data_config_is_a_user_error():
+    with pytest.raises(UserError, match="unknown data set"):
+        build_dataset(tiny_config("data.name=mnist-ish").data, "train")
+    with pytest.raises(UserError, match="one per channel"):
+        build_dataset(tiny_config("data.mean=[0.5]").data, "train")
+    with pytest.raises(UserError, match="not found"):
+        build_dataset(tiny_config("data.name=cifar10", "data.root=/nonexistent", "data.download=false").data,
+                      "train")
+    with pytest.raises(UserError, match="no train/ subfolder"):
+        build_dataset(tiny_config("data.name=imagefolder", "data.root=/nonexistent").data, "train")
+
+
+def test_bag_views_positive_is_a_bag_member(cfg, train, bags):
+    views = BagViews(train, bags, eval_transform(cfg.data))
+    assert len(views) == len(train)
+    draws = collections.defaultdict(collections.Counter)
+    torch.manual_seed(0)
+    for _ in range(5):
+        for index in range(len(train)):
+            _, label, anchor, positive = views[index]
+            assert anchor == index and label == train.labels[index]
+            assert positive in bags[index] and positive != index
+            draws[index][positive] += 1
+    torch.manual_seed(1)
+    counts = collections.Counter(views[7][3] for _ in range(300))
+    assert set(counts) == set(bags[7].tolist())  # every bag member is drawn ...
+    assert min(counts.values()) > 300 / K / 2  # ... about uniformly
+
+
+def test_bag_views_four_views(cfg, train, bags):
+    transform = eval_transform(cfg.data)
+    (qa, ka, qp, kp), _, index, positive = BagViews(train, bags, transform)[5]
+    for view in (qa, ka, qp, kp):
+        assert view.shape == (3, 16, 16) and view.dtype == torch.float32
+    # Deterministic transform: the first two views are the anchor, the last two its positive.
+    torch.testing.assert_close(qa, transform(train.image(index)))
+    torch.testing.assert_close(ka, transform(train.image(index)))
+    torch.testing.assert_close(qp, transform(train.image(positive)))
+    torch.testing.assert_close(kp, transform(train.image(positive)))
+    # Augmented: four independent draws.
+    torch.manual_seed(0)
+    augmented = BagViews(train, bags, moco_v2_transform(cfg.data, cfg.augment))[5][0]
+    assert [v.shape for v in augmented] == [(3, 16, 16)] * 4
+    assert not torch.equal(augmented[0], augmented[1]) and not torch.equal(augmented[2], augmented[3])
+    with pytest.raises(ValueError):
+        BagViews(train, bags[:-1], transform)
+
+
+def test_views_and_collation(cfg, train):
+    loader = torch.utils.data.DataLoader(Views(train, moco_v2_transform(cfg.data, cfg.augment), 2), batch_size=4)
+    (q, k), labels, index = next(iter(loader))
+    assert q.shape == k.shape == (4, 3, 16, 16)
+    assert labels.tolist() == train.labels[:4].tolist() and index.tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("height,width", [(16, 16), (12, 20)])
+def test_cutmix_weight_is_the_surviving_area(height, width):
+    batch, channels = 3, 2
+    base = torch.zeros(batch, channels, height, width)
+    source = 1 + torch.arange(batch * channels * height * width, dtype=torch.float32).view_as(base)
+    lams = []
+    for seed in range(200):
+        torch.manual_seed(seed)
+        mixed, lam = cutmix(base, source, 2.0)
+        assert torch.equal(base, torch.zeros_like(base))  # the inputs are not modified
+        changed = mixed != base  # (B, C, H, W)
+        area = changed[0, 0]
+        assert all(torch.equal(changed[b, c], area) for b in range(batch) for c in range(channels))  # one box
+        assert lam == pytest.approx(1 - int(area.sum()) / (height * width), abs=1e-12)
+        assert torch.equal(mixed[changed], source[changed])  # pasted from the same place in the source
+        if area.any():
+            rows, cols = area.any(1).nonzero().flatten(), area.any(0).nonzero().flatten()
+            box = area[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+            assert box.all()  # a rectangle
+        lams.append(lam)
+    assert 0 < min(lams) and max(lams) <= 1
+    assert sum(lam < 1 for lam in lams) > 150  # a box is pasted in most draws
+    assert 0.4 < float(np.mean(lams)) < 0.9  # box area ~ 1 - Beta(2, 2), shrunk by clipping and rounding
