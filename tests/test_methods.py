@@ -59,6 +59,12 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     return calls
 
 
+def test_fractional_warmup_switches_within_the_epoch():
+    module = make_bingo(warmup_epochs=0.25, lam_self=0.7, lam_other=0.3)
+    assert module.loss_weights(0.2) == (1.0, 0.0)
+    assert module.loss_weights(0.25) == module.loss_weights(1.0) == (0.7, 0.3)
+
+
 @pytest.mark.parametrize("warmup", [0, 1, 3])
 def test_loss_weights_warmup(monkeypatch, warmup):
     module = make_bingo(warmup_epochs=warmup, lam_self=0.7, lam_other=0.3)

@@ -97,7 +97,7 @@ class BingoConfig:
     temperature: float = 0.2
     lam_self: float = 0.5  # weight of CE(z_a; y_a) after warm-up
     lam_other: float = 0.5  # weight of CE(z_a; y_p) after warm-up
-    warmup_epochs: int = 10  # (lam_self, lam_other) = (1, 0) for these epochs
+    warmup_epochs: float = 10  # (lam_self, lam_other) = (1, 0) for these epochs (fractions allowed)
     symmetric: bool = True  # also the positive's query against both keys (L_pos)
     cutmix: bool = True  # the CutMix query (L_mix)
     cutmix_alpha: float = 2.0  # box size ~ Beta(alpha, alpha)

@@ -163,12 +163,15 @@ def run_demo(cfg: Config, out: Path, resume: bool = False) -> dict:
     rows = {}
     started = time.perf_counter()
     L.seed_everything(cfg.seed, verbose=False)
-    for name, model in (("raw pixels", None), ("student, random weights", Encoder(cfg.student, cfg.data.channels)),
-                        ("teacher (MoCo-v2)", load_encoder(teacher, cfg.teacher, cfg.data)),
-                        ("student, MoCo-v2", load_encoder(students["moco"], cfg.student, cfg.data)),
-                        ("student, BINGO", load_encoder(students["bingo"], cfg.student, cfg.data))):
+    models = {"raw pixels": lambda: None,
+              "teacher, random weights": lambda: Encoder(cfg.teacher, cfg.data.channels),
+              "teacher (MoCo-v2)": lambda: load_encoder(teacher, cfg.teacher, cfg.data),
+              "student, random weights": lambda: Encoder(cfg.student, cfg.data.channels),
+              "student, MoCo-v2": lambda: load_encoder(students["moco"], cfg.student, cfg.data),
+              "student, BINGO": lambda: load_encoder(students["bingo"], cfg.student, cfg.data)}
+    for name, build in models.items():
         log.info("evaluate %s ...", name)
-        rows[name] = evaluate(cfg, model)
+        rows[name] = evaluate(cfg, build())
     timings["evaluate"] = round(time.perf_counter() - started, 1)
     results = {"rows": rows, "stage_wall_time_s": timings, "peak_memory": peak_memory_mib(),
                "bags": _read_json(out / "bags" / "results.json"), "seed": cfg.seed}

@@ -21,11 +21,16 @@ class Bingo(Method):
         self.bingo = bingo
         self.queue = KeyQueue(bingo.queue_size, teacher.head[-1].out_features)
 
-    def loss_weights(self) -> tuple[float, float]:
-        """(λs, λo): (1, 0) during the warm-up epochs, then the configured pair."""
-        if self.current_epoch < self.bingo.warmup_epochs:
+    def loss_weights(self, epoch: float | None = None) -> tuple[float, float]:
+        """(λs, λo) at a (fractional) epoch: (1, 0) during the warm-up, then the configured pair."""
+        if (self.current_epoch if epoch is None else epoch) < self.bingo.warmup_epochs:
             return 1.0, 0.0
         return self.bingo.lam_self, self.bingo.lam_other
+
+    def epoch_progress(self, batch_idx: int) -> float:
+        """Epochs done so far, with the fraction of the current one (warm-up can be shorter than an epoch)."""
+        batches = getattr(self._trainer, "num_training_batches", float("inf"))
+        return self.current_epoch + batch_idx / batches
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
         """One BINGO step on (t1(a), t2(a), t3(p), t4(p))."""
@@ -38,7 +43,7 @@ class Bingo(Method):
             mixed_images, lam_mix = cutmix(anchor_query, positive_query, cfg.cutmix_alpha)
             mixed = self.student(mixed_images)  # zm
         anchor_keys, positive_keys = self.teacher_keys(anchor_key, positive_key)  # ya, yp: (B, D)
-        lam_self, lam_other = self.loss_weights()
+        lam_self, lam_other = self.loss_weights(self.epoch_progress(batch_idx))
         terms = bingo_loss(anchor, positive, mixed, anchor_keys, positive_keys, self.queue.snapshot(),
                            cfg.temperature, lam_self, lam_other, lam_mix)
         self.queue.push(anchor_keys)
