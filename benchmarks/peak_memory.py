@@ -2,7 +2,7 @@
 
     python benchmarks/peak_memory.py -- bingo demo --out runs/demo
 
-Polls /proc every 0.2 s; prints wall time and peak tree PSS in MiB as the last line (JSON).
+Polls /proc every second; prints wall time and peak tree PSS in MiB as the last line (JSON).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def main() -> int:
     peak = 0.0
     while process.poll() is None:
         peak = max(peak, sum(pss_mib(pid) for pid in tree(process.pid)))
-        time.sleep(0.2)
+        time.sleep(1.0)
     print(json.dumps({"command": " ".join(command), "exit_code": process.returncode,
                       "wall_time_s": round(time.perf_counter() - started, 1), "peak_tree_pss_mib": round(peak)}))
     return process.returncode

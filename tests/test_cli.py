@@ -109,8 +109,9 @@ def test_demo_on_generated_images(tmp_path):
     proc = run_cli("demo", *tiny_sets(), "--out", out)
     check_ok(proc)
     results = read_json(out / "results.json")
-    assert list(results["rows"]) == ["raw pixels", "student, random weights", "teacher (MoCo-v2)",
-                                     "student, MoCo-v2", "student, BINGO"]
+    assert list(results["rows"]) == ["raw pixels", "teacher, random weights, BN at init", "teacher, random weights",
+                                     "teacher (MoCo-v2)", "student, random weights, BN at init",
+                                     "student, random weights", "student, MoCo-v2", "student, BINGO"]
     for name, row in results["rows"].items():
         assert_eval_result(row, ks=("3", "10"))
         assert (row["params"] is None) == (name == "raw pixels")

@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "eval":
             sub.add_argument("protocol", choices=("knn", "linear", "all"), help="evaluation protocol")
             sub.add_argument("--model", required=True,
-                             help="encoder file, 'pixels' (raw pixels) or 'random' (student with random weights)")
+                             help="encoder file, 'pixels' (raw pixels), 'random' (student with random weights, "
+                                  "BatchNorm statistics estimated on the data) or 'random-init' (BatchNorm at init)")
     return parser
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import lightning as L
 
-from bingo.bags.features import extract_features, pixel_features
+from bingo.bags.features import calibrate_batchnorm, extract_features, pixel_features
 from bingo.bags.files import load_bags, save_bags
 from bingo.bags.knn import bag_purity, knn_bags
 from bingo.config import Config, ModelConfig
@@ -99,7 +99,11 @@ def run_distill(cfg: Config, out: Path, resume: bool = False) -> Path:
 
 
 def run_eval(cfg: Config, out: Path, model: str, protocols: tuple[str, ...] = ("knn", "linear")) -> dict:
-    """Evaluate a model file, raw pixels (`pixels`) or the student with random weights (`random`)."""
+    """Evaluate a model file, raw pixels (`pixels`) or the student with random weights.
+
+    `random`: BatchNorm statistics estimated on the training data, like a trained network's;
+    `random-init`: BatchNorm at its initial mean 0 / variance 1.
+    """
     started = time.perf_counter()
     encoder = _eval_model(cfg, model)
     build_dataset(cfg.data, "test")  # fails here, before the run folder exists, if the data is missing
@@ -162,11 +166,12 @@ def run_demo(cfg: Config, out: Path, resume: bool = False) -> dict:
                                  lambda d, c=method_cfg: run_distill(c, d, resume))
     rows = {}
     started = time.perf_counter()
-    L.seed_everything(cfg.seed, verbose=False)
     models = {"raw pixels": lambda: None,
-              "teacher, random weights": lambda: Encoder(cfg.teacher, cfg.data.channels),
+              "teacher, random weights, BN at init": lambda: _random_encoder(cfg, cfg.teacher, calibrated=False),
+              "teacher, random weights": lambda: _random_encoder(cfg, cfg.teacher, calibrated=True),
               "teacher (MoCo-v2)": lambda: load_encoder(teacher, cfg.teacher, cfg.data),
-              "student, random weights": lambda: Encoder(cfg.student, cfg.data.channels),
+              "student, random weights, BN at init": lambda: _random_encoder(cfg, cfg.student, calibrated=False),
+              "student, random weights": lambda: _random_encoder(cfg, cfg.student, calibrated=True),
               "student, MoCo-v2": lambda: load_encoder(students["moco"], cfg.student, cfg.data),
               "student, BINGO": lambda: load_encoder(students["bingo"], cfg.student, cfg.data)}
     for name, build in models.items():
@@ -202,12 +207,20 @@ def _load_teacher(cfg: Config) -> Encoder:
     return load_encoder(cfg.teacher.checkpoint, cfg.teacher, cfg.data)
 
 
+def _random_encoder(cfg: Config, model: ModelConfig, calibrated: bool) -> Encoder:
+    """A freshly initialised encoder; `calibrated`: its BatchNorm statistics estimated on the training data."""
+    L.seed_everything(cfg.seed, verbose=False)
+    encoder = Encoder(model, cfg.data.channels)
+    if calibrated:
+        calibrate_batchnorm(encoder, build_dataset(cfg.data, "train"), cfg.data, cfg.augment)
+    return encoder
+
+
 def _eval_model(cfg: Config, model: str) -> Encoder | None:
     if model == "pixels":
         return None
-    if model == "random":
-        L.seed_everything(cfg.seed, verbose=False)
-        return Encoder(cfg.student, cfg.data.channels)
+    if model in ("random", "random-init"):
+        return _random_encoder(cfg, cfg.student, calibrated=model == "random")
     return load_encoder(model, cfg.student, cfg.data)
 
 

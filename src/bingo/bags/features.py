@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from bingo.config import DataConfig
+from bingo.config import AugmentConfig, DataConfig
 from bingo.data.datasets import ImageDataset
-from bingo.data.transforms import eval_transform
+from bingo.data.transforms import eval_transform, moco_v2_transform
 from bingo.data.views import Views
 from bingo.models.encoder import Encoder
 
@@ -34,6 +34,30 @@ def extract_features(encoder: Encoder, dataset: ImageDataset, data: DataConfig, 
         chunks.append(F.normalize(encoder.features(images.to(run_on)).float(), dim=1).cpu())
     encoder.train(was_training)
     return torch.cat(chunks).numpy()
+
+
+@torch.no_grad()
+def calibrate_batchnorm(encoder: Encoder, dataset: ImageDataset, data: DataConfig, augment: AugmentConfig,
+                        batches: int = 50, batch_size: int = 128) -> Encoder:
+    """Re-estimate BatchNorm running statistics on augmented training batches (no weights change).
+
+    A network trained on the data carries statistics from it; a freshly initialised one carries
+    mean 0 / variance 1. Calibrating makes a random-weight reference comparable with trained networks.
+    """
+    norms = [m for m in encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the calibration batches
+    loader = DataLoader(Views(dataset, moco_v2_transform(data, augment), 1), batch_size=batch_size, shuffle=True,
+                        num_workers=data.num_workers)
+    encoder.train().to(device())
+    for step, ((images,), _, _) in enumerate(loader):
+        if step == batches:
+            break
+        encoder(images.to(device()))
+    for norm in norms:
+        norm.momentum = 0.1
+    return encoder.eval()
 
 
 def pixel_features(dataset: ImageDataset, data: DataConfig) -> np.ndarray:
