@@ -264,3 +264,20 @@ def test_moco_key_encoder_runs_in_train_mode(tmp_path, monkeypatch):
     after = module.key_encoder.state_dict()
     assert all(not torch.equal(after[k], v) for k, v in key_bn_before.items())
     assert module.queue.keys.shape == (64, EMBED)
+
+
+def test_batchnorm_calibration_changes_statistics_not_weights():
+    from bingo.bags.features import calibrate_batchnorm
+    from bingo.data.datasets import build_dataset
+    from conftest import tiny_config
+
+    cfg = tiny_config()
+    encoder = tiny_encoder(0)
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    calibrate_batchnorm(encoder, build_dataset(cfg.data, "train"), cfg.data, cfg.augment, batches=2, batch_size=32)
+    after = encoder.state_dict()
+    stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    weights = [k for k in before if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert all(not torch.equal(before[k], after[k]) for k in stats)
+    assert all(torch.equal(before[k], after[k]) for k in weights)
+    assert not encoder.training

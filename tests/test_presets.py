@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from conftest import check_ok, run_cli
 
 from bingo.config import load_config, preset_names
 from bingo.models.encoder import Encoder
+from conftest import check_ok, run_cli
 
 
 @pytest.mark.parametrize("name", preset_names())

@@ -81,18 +81,18 @@ def make_trainer(cfg: Config, optim: OptimConfig, out: Path) -> L.Trainer:
                      limit_train_batches=run.limit_train_batches, enable_model_summary=False)
 
 
-def _logger(name: str, out: Path):
+def _logger(name: str, out: Path) -> object:
     from lightning.pytorch import loggers
 
     if name == "csv":
         return loggers.CSVLogger(out, name="", version="logs")
-    if name == "tensorboard":
-        return loggers.TensorBoardLogger(out, name="", version="tensorboard")
-    if name == "wandb":
+    makers = {"tensorboard": lambda: loggers.TensorBoardLogger(out, name="", version="tensorboard"),
+              "wandb": lambda: loggers.WandbLogger(save_dir=str(out), name=out.name)}
+    if name in makers:
         try:
-            return loggers.WandbLogger(save_dir=str(out), name=out.name)
+            return makers[name]()
         except ModuleNotFoundError:
-            raise UserError("trainer.loggers asks for wandb, which is not installed: pip install wandb") from None
+            raise UserError(f"trainer.loggers asks for {name}, which is not installed: pip install {name}") from None
     raise UserError(f"unknown logger '{name}'; choose from csv, tensorboard, wandb")
 
 
