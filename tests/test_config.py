@@ -25,7 +25,8 @@ def test_presets():
     demo = load_config("demo")
     assert demo.data.name == "fashion-mnist" and demo.data.channels == 1 and demo.data.image_size == 28
     assert demo.distill.bingo.queue_size == 4096
-    assert demo.distill.bingo.temperature == 0.2  # not in the preset: the default stays
+    assert demo.distill.bingo.temperature == 0.1  # set by the preset
+    assert demo.distill.bingo.lam_other == 0.5  # not in the preset: the default stays
     imagenet = load_config("imagenet-r18-r50")
     assert imagenet.teacher.arch == "resnet50" and imagenet.student.arch == "resnet18"
     with pytest.raises(UserError, match="unknown preset 'nope'; choose one of: demo"):
