@@ -103,3 +103,15 @@ def test_bag_file_round_trip_and_identity_check(tmp_path):
     np.savez(other, neighbours=neighbours)
     with pytest.raises(UserError, match="not a bingo bag file"):
         load_bags(other)
+
+
+def test_knn_bags_for_a_sample_of_anchors_equal_those_rows_of_all_bags():
+    rng = np.random.default_rng(3)
+    features = rng.normal(size=(200, 8)).astype(np.float32)
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    labels = rng.integers(0, 3, 200)
+    anchors = rng.permutation(200)[:50]
+    everyone, _ = knn_bags(features, 4)
+    sampled, _ = knn_bags(features, 4, chunk=16, anchors=anchors)
+    np.testing.assert_array_equal(sampled, everyone[anchors])
+    assert bag_purity(sampled, labels, anchors) == float((labels[everyone[anchors]] == labels[anchors, None]).mean())
