@@ -11,7 +11,7 @@ import bingo.methods.bingo as bingo_module
 from bingo import pipeline
 from bingo.bags.files import save_bags
 from bingo.bags.knn import knn_bags
-from bingo.config import BingoConfig, MoCoConfig, OptimConfig
+from bingo.config import BingoConfig, MoCoConfig, ModelConfig, OptimConfig
 from bingo.data.datasets import build_dataset
 from bingo.data.views import Views
 from bingo.methods import Bingo, MoCo
@@ -281,3 +281,13 @@ def test_batchnorm_calibration_changes_statistics_not_weights():
     assert all(not torch.equal(before[k], after[k]) for k in stats)
     assert all(torch.equal(before[k], after[k]) for k in weights)
     assert not encoder.training
+
+
+def test_bingo_refuses_a_student_embedding_of_another_size():
+    from bingo.errors import UserError
+    from bingo.models.encoder import Encoder
+
+    teacher = tiny_encoder(1)
+    student = Encoder(ModelConfig(arch="resnet18", width=8, stem="cifar", head_hidden=32, embed_dim=8), 3)
+    with pytest.raises(UserError, match="set student.embed_dim=16"):
+        Bingo(student, teacher, OptimConfig(epochs=1, batch_size=8), BingoConfig(queue_size=32))

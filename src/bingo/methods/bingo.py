@@ -6,6 +6,7 @@ import torch
 
 from bingo.config import BingoConfig, OptimConfig
 from bingo.data.transforms import cutmix
+from bingo.errors import UserError
 from bingo.methods.base import Method
 from bingo.methods.losses import bingo_loss
 from bingo.methods.queue import KeyQueue
@@ -18,6 +19,10 @@ class Bingo(Method):
     def __init__(self, student: Encoder, teacher: Encoder, optim: OptimConfig, bingo: BingoConfig,
                  shuffle_bn_splits: int = 1, run_info: dict | None = None):
         super().__init__(student, optim, teacher, bingo.teacher_bn, shuffle_bn_splits, run_info)
+        student_dim, teacher_dim = student.head[-1].out_features, teacher.head[-1].out_features
+        if student_dim != teacher_dim:
+            raise UserError(f"student.embed_dim is {student_dim} but the teacher embeds in {teacher_dim} "
+                            f"dimensions; set student.embed_dim={teacher_dim}")
         self.bingo = bingo
         self.queue = KeyQueue(bingo.queue_size, teacher.head[-1].out_features)
 
