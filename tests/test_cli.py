@@ -216,7 +216,7 @@ BAD_INPUTS = {
     "missing data set (imagefolder)": (
         lambda c, t: ("eval", "knn", *tiny_sets("data.name=imagefolder", "data.root=/nonexistent"),
                       "--model", "pixels", "--out", t / "out"),
-        "image folder /nonexistent has no val or test/ subfolder"),
+        "image folder /nonexistent has no train/ subfolder"),
     "unknown method": (
         lambda c, t: ("distill", *tiny_sets(), "--method", "simclr", "--out", t / "out"),
         "unknown method 'simclr'; choose one of: bingo, moco"),

@@ -16,7 +16,7 @@ from bingo.bags.features import calibrate_batchnorm, extract_features, pixel_fea
 from bingo.bags.files import load_bags, save_bags
 from bingo.bags.knn import bag_purity, knn_bags
 from bingo.config import Config, ModelConfig
-from bingo.data.datasets import build_dataset
+from bingo.data.datasets import ImageDataset, build_dataset
 from bingo.data.transforms import moco_v2_transform
 from bingo.data.views import BagViews, Views
 from bingo.errors import UserError
@@ -108,17 +108,21 @@ def run_eval(cfg: Config, out: Path, model: str, protocols: tuple[str, ...] = ("
     """
     started = time.perf_counter()
     encoder = _eval_model(cfg, model)
-    build_dataset(cfg.data, "test")  # fails here, before the run folder exists, if the data is missing
+    datasets = _eval_datasets(cfg)  # a missing data set fails here, before the run folder exists
     prepare_run_folder(out, cfg, resume=False)
-    result = evaluate(cfg, encoder, protocols)
+    result = evaluate(cfg, encoder, protocols, datasets)
     result |= {"model": model, "wall_time_s": round(time.perf_counter() - started, 1)}
     write_results(out, result)
     return result
 
 
-def evaluate(cfg: Config, encoder: Encoder | None, protocols: tuple[str, ...] = ("knn", "linear")) -> dict:
-    """kNN and linear-probe accuracy (%) of an encoder's frozen features (raw pixels when None)."""
-    bank, test = build_dataset(cfg.data, "labeled"), build_dataset(cfg.data, "test")
+def evaluate(cfg: Config, encoder: Encoder | None, protocols: tuple[str, ...] = ("knn", "linear"),
+             datasets: tuple[ImageDataset, ImageDataset] | None = None) -> dict:
+    """kNN and linear-probe accuracy (%) of an encoder's frozen features (raw pixels when None).
+
+    `datasets`: the (labeled train, test) pair, built from cfg.data when not given.
+    """
+    bank, test = datasets or _eval_datasets(cfg)
     if encoder is None:
         bank_x, test_x = pixel_features(bank, cfg.data), pixel_features(test, cfg.data)
     else:
@@ -169,6 +173,7 @@ def run_demo(cfg: Config, out: Path, resume: bool = False) -> dict:
                                  lambda d, c=method_cfg: run_distill(c, d, resume))
     rows = {}
     started = time.perf_counter()
+    datasets = _eval_datasets(cfg)
     models = {"raw pixels": lambda: None,
               "teacher, random weights, BN at init": lambda: _random_encoder(cfg, cfg.teacher, calibrated=False),
               "teacher, random weights": lambda: _random_encoder(cfg, cfg.teacher, calibrated=True),
@@ -179,7 +184,7 @@ def run_demo(cfg: Config, out: Path, resume: bool = False) -> dict:
               "student, BINGO": lambda: load_encoder(students["bingo"], cfg.student, cfg.data)}
     for name, build in models.items():
         log.info("evaluate %s ...", name)
-        rows[name] = evaluate(cfg, build())
+        rows[name] = evaluate(cfg, build(), datasets=datasets)
     timings["evaluate"] = round(time.perf_counter() - started, 1)
     results = {"rows": rows, "stage_wall_time_s": timings, "peak_memory": peak_memory_mib(),
                "bags": _read_json(out / "bags" / "results.json"), "seed": cfg.seed}
@@ -208,6 +213,10 @@ def _load_teacher(cfg: Config) -> Encoder:
     if not cfg.teacher.checkpoint:
         raise UserError("no teacher given: pass --teacher FILE (e.g. teacher.safetensors from 'bingo pretrain')")
     return load_encoder(cfg.teacher.checkpoint, cfg.teacher, cfg.data)
+
+
+def _eval_datasets(cfg: Config) -> tuple[ImageDataset, ImageDataset]:
+    return build_dataset(cfg.data, "labeled"), build_dataset(cfg.data, "test")
 
 
 def _random_encoder(cfg: Config, model: ModelConfig, calibrated: bool) -> Encoder:

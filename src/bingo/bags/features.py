@@ -45,6 +45,7 @@ def calibrate_batchnorm(encoder: Encoder, dataset: ImageDataset, data: DataConfi
     mean 0 / variance 1. Calibrating makes a random-weight reference comparable with trained networks.
     """
     norms = [m for m in encoder.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # cumulative average over the calibration batches
@@ -55,8 +56,8 @@ def calibrate_batchnorm(encoder: Encoder, dataset: ImageDataset, data: DataConfi
         if step == batches:
             break
         encoder(images.to(device()))
-    for norm in norms:
-        norm.momentum = 0.1
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
     return encoder.eval()
 
 
