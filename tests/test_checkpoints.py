@@ -140,3 +140,17 @@ def test_other_bad_files(tmp_path):
     broken.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
     with pytest.raises(UserError, match="broken.safetensors"):
         load_encoder(broken, tiny_model_config(), data)
+
+
+def test_head_bn_option_round_trips_through_an_encoder_file(tmp_path):
+    from bingo.config import DataConfig, ModelConfig
+    from bingo.models.checkpoints import load_encoder, save_encoder
+    from bingo.models.encoder import Encoder
+
+    model = ModelConfig(arch="resnet18", width=8, stem="cifar", head_hidden=32, embed_dim=16, head_bn=True)
+    data = DataConfig(image_size=16, channels=3)
+    encoder = Encoder(model, 3)
+    assert isinstance(encoder.head[1], torch.nn.BatchNorm1d)
+    save_encoder(encoder, model, data, tmp_path / "e.safetensors")
+    loaded = load_encoder(tmp_path / "e.safetensors", ModelConfig(), data)
+    assert isinstance(loaded.head[1], torch.nn.BatchNorm1d)
