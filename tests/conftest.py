@@ -42,7 +42,7 @@ TINY = [
     "pretrain.optim.epochs=1", f"pretrain.optim.batch_size={BATCH}", "pretrain.moco.queue_size=64",
     "distill.optim.epochs=1", f"distill.optim.batch_size={BATCH}", f"distill.bingo.queue_size={QUEUE}",
     "distill.bingo.warmup_epochs=1", "distill.moco.queue_size=64",
-    "bags.k=3", "bags.batch_size=64",
+    "bags.k=3", "embed.batch_size=64",
     "eval.knn_k=[3,10]", "eval.linear_epochs=2", "eval.linear_batch_size=64", "eval.batch_size=64",
 ]
 

@@ -1,13 +1,12 @@
-"""kNN bags against a brute-force search; duplicates; purity; bag files tied to their data set."""
+"""kNN bags against a brute-force search; duplicates; purity; approximate search and its recall."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bingo.bags.files import load_bags, save_bags
-from bingo.bags.knn import bag_purity, knn_bags
-from bingo.errors import UserError
+from bingo.bags.knn import bag_purity, knn_bags, recall_at_k
+from bingo.bags.search import auto_index, exact_search
 
 
 def normalised(count: int, dim: int, seed: int) -> np.ndarray:
@@ -80,31 +79,6 @@ def test_bag_purity():
     assert bag_purity(bags, np.array([0, 0, -1, 1])) is None
 
 
-IDENTITY = {"name": "generated", "split": "train", "size": 4, "fingerprint": "abc"}
-
-
-def test_bag_file_round_trip_and_identity_check(tmp_path):
-    neighbours = np.array([[1, 2], [0, 3], [0, 1], [2, 1]], np.int64)
-    sims = np.linspace(0, 1, 8, dtype=np.float32).reshape(4, 2)
-    path = tmp_path / "bags.npz"
-    save_bags(path, neighbours, sims, {"strategy": "knn", "k": 2, "dataset": IDENTITY})
-    loaded, meta = load_bags(path, IDENTITY)
-    np.testing.assert_array_equal(loaded, neighbours)
-    assert meta["format"] == "bingo-bags/1" and meta["k"] == 2 and meta["dataset"] == IDENTITY
-    with pytest.raises(UserError, match="rebuild the bags"):
-        load_bags(path, {**IDENTITY, "size": 5})
-    with pytest.raises(UserError, match="does not exist"):
-        load_bags(tmp_path / "missing.npz")
-    junk = tmp_path / "junk.npz"
-    junk.write_bytes(b"not a zip file")
-    with pytest.raises(UserError, match="not a bingo bag file"):
-        load_bags(junk)
-    other = tmp_path / "other.npz"
-    np.savez(other, neighbours=neighbours)
-    with pytest.raises(UserError, match="not a bingo bag file"):
-        load_bags(other)
-
-
 def test_knn_bags_for_a_sample_of_anchors_equal_those_rows_of_all_bags():
     rng = np.random.default_rng(3)
     features = rng.normal(size=(200, 8)).astype(np.float32)
@@ -115,3 +89,67 @@ def test_knn_bags_for_a_sample_of_anchors_equal_those_rows_of_all_bags():
     sampled, _ = knn_bags(features, 4, chunk=16, anchors=anchors)
     np.testing.assert_array_equal(sampled, everyone[anchors])
     assert bag_purity(sampled, labels, anchors) == float((labels[everyone[anchors]] == labels[anchors, None]).mean())
+
+
+def clustered(count: int, dim: int, clusters: int, seed: int) -> np.ndarray:
+    """Normalised points around `clusters` random centres, with a low-dimensional spread inside each."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    basis = rng.normal(scale=0.6 / np.sqrt(8 * dim), size=(8, dim))
+    x = centres[rng.integers(0, clusters, count)] + rng.normal(size=(count, 8)) @ basis
+    x += rng.normal(scale=0.1 / np.sqrt(dim), size=x.shape)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("factory,refine", [("IVF64,Flat", 1), ("IVF64_HNSW32,PQ16x4fs,Refine(SQfp16)", 20)])
+def test_approximate_index_reaches_recall_on_clustered_data(factory, refine):
+    features = clustered(6000, 64, 40, seed=1)
+    neighbours, sims = knn_bags(features, 5, factory, nprobe=8, refine_factor=refine, train_size=4000)
+    assert not (neighbours == np.arange(6000)[:, None]).any()
+    exact, exact_sims = knn_bags(features, 5)
+    recall = float(np.mean([len(np.intersect1d(a, b)) for a, b in zip(neighbours, exact, strict=True)]) / 5)
+    assert recall >= 0.95
+    assert recall_at_k(features, neighbours, 6000) == pytest.approx(recall)
+    assert recall_at_k(features, exact, 500) == 1.0
+    # Similarities are true inner products of the rows found, nearest first.
+    np.testing.assert_allclose(sims, np.einsum("nd,nkd->nk", features, features[neighbours]), atol=2e-3)
+    assert (np.diff(sims, axis=1) <= 1e-3).all()
+
+
+def test_a_weak_index_shows_in_its_recall():
+    features = clustered(6000, 64, 40, seed=2)
+    neighbours, _ = knn_bags(features, 5, "IVF64,PQ4", nprobe=1, refine_factor=1, train_size=4000)
+    assert recall_at_k(features, neighbours, 1000) < 0.9
+
+
+def test_an_index_faiss_cannot_build_is_a_value_error():
+    with pytest.raises(ValueError, match="faiss cannot build index 'IVF0,Nope'"):
+        knn_bags(normalised(100, 8, 0), 3, "IVF0,Nope")
+
+
+def test_too_few_candidates_is_a_value_error():
+    with pytest.raises(ValueError, match="bags.nprobe"):
+        knn_bags(clustered(400, 16, 8, 0), 5, "IVF64,Flat", nprobe=1, train_size=400)
+
+
+def test_auto_index_is_exact_when_small_and_approximate_at_scale():
+    assert auto_index(200_000, 2048) == "exact"
+    assert auto_index(1_281_167, 2048) == "IVF4096_HNSW32,PQ256x4fs,Refine(SQfp16)"
+    assert auto_index(1_000_000, 512) == "IVF4096_HNSW32,PQ64x4fs,Refine(SQfp16)"
+    assert auto_index(1_000_000, 100) == "IVF4096_HNSW32,Flat"  # low dimension: scan exact distances
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_exact_search_reads_a_memory_mapped_file_in_chunks(tmp_path, monkeypatch, dtype):
+    import bingo.bags.search as search
+
+    features = normalised(300, 8, seed=4)
+    path = tmp_path / "features.npy"
+    np.save(path, features.astype(dtype))
+    mapped = np.load(path, mmap_mode="r")
+    monkeypatch.setattr(search, "BASE_CHUNK", 64)
+    sims, ids = exact_search(mapped, features[:20], 4)
+    want = np.argsort(-(features[:20] @ features.astype(dtype).astype(np.float32).T), axis=1)[:, :4]
+    np.testing.assert_array_equal(ids, want)
+    assert sims.shape == (20, 4)

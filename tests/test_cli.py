@@ -55,14 +55,19 @@ def test_pretrain_products(chain):
 def test_bags_products(chain):
     cfg = tiny_config()
     data = build_dataset(cfg.data, "train")
-    bags, meta = load_bags(chain.bags, data.identity)
-    assert bags.shape == (TRAIN_SIZE, 3)
-    assert not (bags == np.arange(TRAIN_SIZE)[:, None]).any()
+    bags = load_bags(chain.bags)
+    meta, neighbours = bags.meta, bags.neighbours
+    assert neighbours.shape == (TRAIN_SIZE, 3)
+    assert not (neighbours == np.arange(TRAIN_SIZE)[:, None]).any()
     assert meta["k"] == 3 and meta["strategy"] == "knn" and meta["source"]["path"] == str(chain.teacher)
+    assert meta["dataset"] == data.identity and meta["index"] == "exact" and "recall" not in meta
     result = read_json(chain.bags.parent / "results.json")
-    assert result["stage"] == "bags" and 0 <= result["purity"] <= 1 and -1 <= result["mean_similarity"] <= 1
-    assert result["purity"] == pytest.approx(float((data.labels[bags] == data.labels[:, None]).mean()))
-    assert (chain.bags.parent / "config.yaml").is_file()
+    report = result["report"]
+    assert result["stage"] == "bags" and -1 <= report["similarity"]["mean"] <= 1
+    assert report["purity"] == pytest.approx(float((data.labels[neighbours] == data.labels[:, None]).mean()))
+    assert report["usage"]["max"] == pytest.approx(np.bincount(neighbours.ravel()).max() / 3, abs=0.01)
+    for name in ("config.yaml", "montage.png", "features.npy", "features.json"):
+        assert (chain.bags.parent / name).is_file()
 
 
 @pytest.mark.parametrize("method", ["bingo", "moco"])
@@ -115,7 +120,7 @@ def test_demo_on_generated_images(tmp_path):
     for name, row in results["rows"].items():
         assert_eval_result(row, ks=("3", "10"))
         assert (row["params"] is None) == (name == "raw pixels")
-    assert 0 <= results["bags"]["purity"] <= 1
+    assert 0 <= results["bags"]["report"]["purity"] <= 1
     assert set(results["stage_wall_time_s"]) >= {"pretrain teacher (MoCo-v2)", "build kNN bags",
                                                  "distil student (bingo)", "distil student (moco)", "evaluate"}
     for sub, product in [("teacher", "teacher.safetensors"), ("bags", "bags.npz"), ("bingo", "student.safetensors"),

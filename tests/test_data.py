@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from bingo.bags.files import NeighbourBags
 from bingo.bags.knn import knn_bags
 from bingo.data.datasets import build_dataset
 from bingo.data.transforms import cutmix, eval_transform, moco_v2_transform
@@ -31,7 +32,7 @@ def train(cfg):
 @pytest.fixture(scope="module")
 def bags(train):
     x = np.random.default_rng(0).normal(size=(len(train), 8)).astype(np.float32)
-    return knn_bags(x / np.linalg.norm(x, axis=1, keepdims=True), K)[0]
+    return NeighbourBags(knn_bags(x / np.linalg.norm(x, axis=1, keepdims=True), K)[0], {})
 
 
 def test_generated_data_is_fixed_and_class_structured(cfg, train):
@@ -87,11 +88,11 @@ def test_bag_views_positive_is_a_bag_member(cfg, train, bags):
         for index in range(len(train)):
             _, label, anchor, positive = views[index]
             assert anchor == index and label == train.labels[index]
-            assert positive in bags[index] and positive != index
+            assert positive in bags.neighbours[index] and positive != index
             draws[index][positive] += 1
     torch.manual_seed(1)
     counts = collections.Counter(views[7][3] for _ in range(300))
-    assert set(counts) == set(bags[7].tolist())  # every bag member is drawn ...
+    assert set(counts) == set(bags.neighbours[7].tolist())  # every bag member is drawn ...
     assert min(counts.values()) > 300 / K / 2  # ... about uniformly
 
 
@@ -111,7 +112,7 @@ def test_bag_views_four_views(cfg, train, bags):
     assert [v.shape for v in augmented] == [(3, 16, 16)] * 4
     assert not torch.equal(augmented[0], augmented[1]) and not torch.equal(augmented[2], augmented[3])
     with pytest.raises(ValueError):
-        BagViews(train, bags[:-1], transform)
+        BagViews(train, NeighbourBags(bags.neighbours[:-1], {}), transform)
 
 
 def test_views_and_collation(cfg, train):

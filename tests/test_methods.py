@@ -9,7 +9,7 @@ from torch import nn
 
 import bingo.methods.bingo as bingo_module
 from bingo import pipeline
-from bingo.bags.files import save_bags
+from bingo.bags.files import NeighbourBags, save_bags
 from bingo.bags.knn import knn_bags
 from bingo.config import BingoConfig, MoCoConfig, ModelConfig, OptimConfig
 from bingo.data.datasets import build_dataset
@@ -191,7 +191,9 @@ def _distill_inputs(tmp_path, *extra: str):
     feats /= np.linalg.norm(feats, axis=1, keepdims=True)
     neighbours, sims = knn_bags(feats, 3)
     bags_file = tmp_path / "bags.npz"
-    save_bags(bags_file, neighbours, sims, {"strategy": "knn", "k": 3, "dataset": data.identity})
+    meta = {"strategy": "knn", "kind": "neighbours", "k": 3, "dataset": data.identity,
+            "source": {"kind": "features", "path": "random"}}
+    save_bags(bags_file, NeighbourBags(neighbours, meta, sims))
     cfg.teacher.checkpoint, cfg.distill.bags = str(teacher_file), str(bags_file)
     return cfg, teacher.state_dict()
 

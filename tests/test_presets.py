@@ -41,7 +41,7 @@ def test_imagenet_preset_runs_a_few_steps_on_generated_224px_images(tmp_path):
                  "data.num_workers=0", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=32-true",
                  "trainer.progress_bar=false", "trainer.limit_train_batches=2", "distill.optim.epochs=1",
                  "distill.optim.batch_size=4",
-                 "distill.bingo.queue_size=64", "bags.batch_size=8"):
+                 "distill.bingo.queue_size=64", "embed.batch_size=8"):
         sets += ["--set", item]
     common = ["--preset", "imagenet-r18-r50", *sets, "--teacher", checkpoint]
     check_ok(run_cli("bags", *common, "--out", tmp_path / "bags", timeout=300))

@@ -12,14 +12,16 @@ from pathlib import Path
 from bingo.config import Config, load_config, preset_names
 from bingo.errors import UserError
 
-STAGES = ("pretrain", "bags", "distill", "eval", "demo")
+STAGES = ("pretrain", "embed", "bags", "distill", "eval", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="bingo", description="Self-supervised distillation of small image models.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    helps = {"pretrain": "pretrain a MoCo-v2 teacher", "bags": "build kNN bags from teacher features",
+    helps = {"pretrain": "pretrain a MoCo-v2 teacher",
+             "embed": "write a network's L2-normalised backbone features of a data set to a .npy file",
+             "bags": "build every image's bag (kNN, k-means, labels, random or student features), with a report",
              "distill": "train a student with a distillation method", "eval": "evaluate a model's frozen features",
              "demo": "the whole chain on Fashion-MNIST, with a results table"}
     for name in STAGES:
@@ -30,10 +32,18 @@ def build_parser() -> argparse.ArgumentParser:
                          help="override a config value, e.g. --set optim.lr=0.06 (repeatable)")
         sub.add_argument("--out", required=True, type=Path, help="run folder (config, logs, checkpoints, results)")
         sub.add_argument("--seed", type=int, help="random seed (makes a CPU run repeatable)")
-        if name != "bags" and name != "eval":
+        if name in ("pretrain", "distill", "demo"):
             sub.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-        if name in ("bags", "distill"):
+        if name in ("embed", "bags", "distill"):
             sub.add_argument("--teacher", help="teacher encoder file (teacher.safetensors or a MoCo v1/v2 checkpoint)")
+        if name == "embed":
+            sub.add_argument("--model", help="a student-architecture network instead of the teacher: encoder file, "
+                                             "'random' or 'random-init'")
+        if name == "bags":
+            sub.add_argument("--strategy", help="knn (default) | kmeans | labels | random | student")
+            sub.add_argument("--features", help=".npy file of L2-normalised features (e.g. from 'bingo embed') "
+                                                "instead of running the teacher")
+            sub.add_argument("--model", help="the student's weights for --strategy student: encoder file or 'random'")
         if name == "distill":
             sub.add_argument("--method", help="bingo | moco")
             sub.add_argument("--bags", help="bag file from 'bingo bags'")
@@ -48,7 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_config(args: argparse.Namespace) -> Config:
     """The run's config: preset, YAML file, --set overrides, then the dedicated flags."""
     overrides = list(args.overrides)
-    flags = {"seed": "seed", "teacher": "teacher.checkpoint", "method": "distill.method", "bags": "distill.bags"}
+    flags = {"seed": "seed", "teacher": "teacher.checkpoint", "method": "distill.method", "bags": "distill.bags",
+             "strategy": "bags.strategy", "features": "bags.features"}
+    if args.command == "bags" and args.model is not None:
+        overrides.append(f"student.checkpoint={args.model}")
     for flag, key in flags.items():
         if getattr(args, flag, None) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
@@ -79,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.command == "pretrain":
             pipeline.run_pretrain(cfg, args.out, args.resume)
+        elif args.command == "embed":
+            pipeline.run_embed(cfg, args.out, args.model)
         elif args.command == "bags":
             pipeline.run_bags(cfg, args.out)
         elif args.command == "distill":

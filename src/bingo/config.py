@@ -113,11 +113,30 @@ class PretrainConfig:
 
 
 @dataclass
-class BagsConfig:
-    """`bingo bags`: kNN bags from the teacher's backbone features."""
+class EmbedConfig:
+    """`bingo embed` (and the features behind `bingo bags`): L2-normalised backbone features to a .npy file."""
 
-    k: int = 5  # neighbours per image, the image itself excluded
-    batch_size: int = 256  # feature extraction batch
+    split: str = "train"  # train | labeled | test
+    dtype: str = "float32"  # float32 | float16 (half the disk and memory)
+    batch_size: int = 256
+
+
+@dataclass
+class BagsConfig:
+    """`bingo bags`: every image's bag, by one of the strategies of method.md §1.1."""
+
+    strategy: str = "knn"  # knn | kmeans | labels | random | student (kNN on a student's features)
+    k: int = 5  # neighbours per image, the image itself excluded (knn, student, random)
+    clusters: int = 1000  # C for kmeans
+    kmeans_iters: int = 20
+    features: str = ""  # a .npy file of L2-normalised features (e.g. from 'bingo embed') instead of a model
+    index: str = "auto"  # exact | auto (exact up to 200k images) | a faiss index_factory string
+    nprobe: int = 16  # inverted lists searched by an approximate index
+    refine_factor: float = 10.0  # shortlist of refine_factor * K re-ranked with exact similarities
+    train_size: int = 65536  # images the approximate index is trained on
+    recall_queries: int = 1000  # sampled queries for an approximate index's recall (0: skip)
+    report_sample: int = 10000  # anchors sampled for the similarity report
+    montage_rows: int = 8  # anchors shown in montage.png
 
 
 @dataclass
@@ -169,6 +188,7 @@ class Config:
     student: ModelConfig = field(default_factory=ModelConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
     bags: BagsConfig = field(default_factory=BagsConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -12,9 +12,18 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 
-from bingo.bags.features import calibrate_batchnorm, extract_features, pixel_features
-from bingo.bags.files import load_bags, save_bags
+from bingo.bags.features import (
+    calibrate_batchnorm,
+    extract_features,
+    load_features,
+    pixel_features,
+    read_features_meta,
+    write_features_meta,
+)
+from bingo.bags.files import check_bags, load_bags, save_bags
 from bingo.bags.knn import bag_purity, knn_bags
+from bingo.bags.report import bag_report, write_montage
+from bingo.bags.strategies import FEATURE_STRATEGIES, STRATEGIES, make_bags
 from bingo.config import Config, ModelConfig
 from bingo.data.datasets import ImageDataset, build_dataset
 from bingo.data.transforms import moco_v2_transform
@@ -32,6 +41,7 @@ from bingo.training import file_digest, fit, is_rank_zero, peak_memory_mib, prep
 
 log = logging.getLogger("bingo")
 TEACHER_FILE, STUDENT_FILE, BAGS_FILE = "teacher.safetensors", "student.safetensors", "bags.npz"
+FEATURES_FILE, MONTAGE_FILE = "features.npy", "montage.png"
 PURITY_SAMPLE = 20000  # anchors for the bag purity an evaluation reports
 
 
@@ -49,26 +59,87 @@ def run_pretrain(cfg: Config, out: Path, resume: bool = False) -> Path:
                             {"stage": "pretrain", "method": "moco", "images": len(data)}, started)
 
 
-def run_bags(cfg: Config, out: Path) -> Path:
-    """kNN bags from the teacher's backbone features; returns the bag file."""
+def run_embed(cfg: Config, out: Path, model: str | None) -> Path:
+    """L2-normalised backbone features of cfg.embed.split, from `model` (student config) or the teacher."""
     started = time.perf_counter()
-    teacher = _load_teacher(cfg)
-    data = build_dataset(cfg.data, "train")
+    encoder, source = (_eval_model(cfg, model), _source("student", model)) if model else \
+        (_load_teacher(cfg), _source("teacher", cfg.teacher.checkpoint))
+    if encoder is None:
+        raise UserError("'bingo embed' needs a network: pass --model FILE|random|random-init or --teacher FILE")
+    data = build_dataset(cfg.data, cfg.embed.split)
     prepare_run_folder(out, cfg, resume=False)
-    features = extract_features(teacher, data, cfg.data, cfg.bags.batch_size, "teacher features",
-                                cfg.trainer.progress_bar)
-    neighbours, similarities = knn_bags(features, cfg.bags.k)
-    meta = {"strategy": "knn", "k": cfg.bags.k, "dataset": data.identity, "feature_layer": "backbone",
-            "source": {"path": cfg.teacher.checkpoint, "sha256": file_digest(Path(cfg.teacher.checkpoint))}}
-    path = out / BAGS_FILE
-    save_bags(path, neighbours, similarities, meta)
-    purity = bag_purity(neighbours, data.labels)
-    write_results(out, {"stage": "bags", **meta, "purity": purity,
-                        "mean_similarity": float(similarities.mean()),
-                        "wall_time_s": round(time.perf_counter() - started, 1), "peak_memory": peak_memory_mib()})
-    log.info("bags: %d images, K=%d, purity %s", len(data), cfg.bags.k,
-             "n/a (no labels)" if purity is None else f"{100 * purity:.1f}%")
+    path = out / FEATURES_FILE
+    embed(cfg, encoder, data, source, path)
+    write_results(out, {"stage": "embed", **read_features_meta(path), "wall_time_s": _since(started),
+                        "peak_memory": peak_memory_mib()})
     return path
+
+
+def embed(cfg: Config, encoder: Encoder, data: ImageDataset, source: dict, path: Path) -> np.ndarray:
+    """`data`'s features, written to `path` (.npy, by all processes of a distributed job) with a .json description.
+
+    Returns them memory-mapped.
+    """
+    if cfg.embed.dtype not in ("float32", "float16"):
+        raise UserError(f"embed.dtype must be float32 or float16, not '{cfg.embed.dtype}'")
+    features = extract_features(encoder, data, cfg.data, cfg.embed.batch_size, cfg.trainer, path, cfg.embed.dtype,
+                                cfg.trainer.progress_bar)
+    write_features_meta(path, {"dataset": data.identity, "source": source, "layer": "backbone",
+                               "shape": list(features.shape), "dtype": cfg.embed.dtype})
+    return features
+
+
+def run_bags(cfg: Config, out: Path) -> Path:
+    """Bags of every training image by cfg.bags.strategy, with a report and a montage; returns the bag file."""
+    started = time.perf_counter()
+    if cfg.bags.strategy not in STRATEGIES:
+        raise UserError(f"unknown bag strategy '{cfg.bags.strategy}'; choose one of: {', '.join(STRATEGIES)}")
+    data = build_dataset(cfg.data, "train")
+    features, source, encoder = _bag_features(cfg, data)
+    prepare_run_folder(out, cfg, resume=False)
+    if encoder is not None:
+        features = embed(cfg, encoder, data, source, out / FEATURES_FILE)
+    if not is_rank_zero():  # the other processes only helped compute the features
+        return out / BAGS_FILE
+    bags = make_bags(cfg.bags, features, data.labels, cfg.seed, cfg.trainer.progress_bar)
+    bags.meta |= {"images": len(data), "dataset": data.identity, "source": source, "feature_layer": "backbone",
+                  "seed": cfg.seed}
+    path = out / BAGS_FILE
+    save_bags(path, bags)
+    report = bag_report(bags, data.labels, features, cfg.bags.report_sample, cfg.seed)
+    write_montage(out / MONTAGE_FILE, bags, data, cfg.bags.montage_rows, seed=cfg.seed)
+    write_results(out, {"stage": "bags", **bags.meta, "report": report, "wall_time_s": _since(started),
+                        "peak_memory": peak_memory_mib()})
+    purity = report["purity"]
+    log.info("bags (%s): %d images, purity %s; report in %s, montage in %s", cfg.bags.strategy, len(data),
+             "n/a (no labels)" if purity is None else f"{100 * purity:.1f}%", out / "results.json",
+             out / MONTAGE_FILE)
+    return path
+
+
+def _bag_features(cfg: Config, data: ImageDataset) -> tuple[np.ndarray | None, dict, Encoder | None]:
+    """Where the bags' features come from: (features already computed, source, or the encoder to compute them).
+
+    A features file (bags.features), the student (strategy student: student.checkpoint, or 'random'),
+    or the teacher; labels and random bags use the teacher's features only for the report, when given.
+    """
+    bags = cfg.bags
+    if bags.features:
+        features, meta = load_features(Path(bags.features), data.identity)
+        return features, meta.get("source") or _source("features", bags.features), None
+    if bags.strategy == "student":
+        if not cfg.student.checkpoint:
+            raise UserError("bags.strategy=student needs the student's weights: pass --model FILE (or 'random')")
+        return None, _source("student", cfg.student.checkpoint), _eval_model(cfg, cfg.student.checkpoint)
+    if bags.strategy in FEATURE_STRATEGIES or cfg.teacher.checkpoint:
+        return None, _source("teacher", cfg.teacher.checkpoint), _load_teacher(cfg)
+    return None, {"kind": "none"}, None
+
+
+def _source(kind: str, model: str) -> dict:
+    """The identity of the network (or features file) bags and features come from."""
+    exists = Path(model).is_file()
+    return {"kind": kind, "path": str(model), "sha256": file_digest(Path(model)) if exists else model}
 
 
 def run_distill(cfg: Config, out: Path, resume: bool = False) -> Path:
@@ -86,8 +157,9 @@ def run_distill(cfg: Config, out: Path, resume: bool = False) -> Path:
         teacher = _load_teacher(cfg)
         if not cfg.distill.bags:
             raise UserError("BINGO needs bags: pass --bags FILE (built by 'bingo bags')")
-        bags, _ = load_bags(Path(cfg.distill.bags), data.identity)
+        bags = load_bags(Path(cfg.distill.bags))
         run_info |= {"teacher": file_digest(Path(cfg.teacher.checkpoint)), "bags": file_digest(Path(cfg.distill.bags))}
+        check_bags(Path(cfg.distill.bags), bags, data.identity, _expected_bags(cfg, run_info["teacher"]))
         module = Bingo(student, teacher, cfg.distill.optim, cfg.distill.bingo, cfg.distill.moco.shuffle_bn_splits,
                        run_info)
         dataset = BagViews(data, bags, transform)
@@ -126,10 +198,8 @@ def evaluate(cfg: Config, encoder: Encoder | None, protocols: tuple[str, ...] = 
     if encoder is None:
         bank_x, test_x = pixel_features(bank, cfg.data), pixel_features(test, cfg.data)
     else:
-        bank_x = extract_features(encoder, bank, cfg.data, cfg.eval.batch_size, "features (train)",
-                                  cfg.trainer.progress_bar)
-        test_x = extract_features(encoder, test, cfg.data, cfg.eval.batch_size, "features (test)",
-                                  cfg.trainer.progress_bar)
+        bank_x, test_x = (extract_features(encoder, split, cfg.data, cfg.eval.batch_size,
+                                           progress=cfg.trainer.progress_bar) for split in (bank, test))
     anchors = np.random.default_rng(0).permutation(len(bank_x))[:PURITY_SAMPLE]  # exact, on a sample at scale
     result = {"params": None if encoder is None else count_parameters(encoder.backbone),
               "bag_purity": bag_purity(knn_bags(bank_x, 5, anchors=anchors)[0], bank.labels, anchors)}
@@ -207,6 +277,17 @@ def _finish_training(module: Method, trainer: L.Trainer, model: ModelConfig, cfg
                                 "final_metrics": metrics, "wall_time_s": round(time.perf_counter() - started, 1),
                                 "peak_memory": peak_memory_mib()})
     return path
+
+
+def _expected_bags(cfg: Config, teacher: str) -> dict:
+    """What this run's config says its bags are: strategy, K or C, and the teacher they came from."""
+    size = {"clusters": cfg.bags.clusters} if cfg.bags.strategy == "kmeans" else \
+        {} if cfg.bags.strategy == "labels" else {"k": cfg.bags.k}
+    return {"strategy": cfg.bags.strategy, **size, "teacher": teacher}
+
+
+def _since(started: float) -> float:
+    return round(time.perf_counter() - started, 1)
 
 
 def _load_teacher(cfg: Config) -> Encoder:

@@ -1,17 +1,24 @@
-"""Frozen backbone features of a whole data set, L2-normalised, with a progress bar."""
+"""Frozen backbone features of a whole data set, L2-normalised: in memory, or a .npy file every process writes."""
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
+import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from bingo.config import AugmentConfig, DataConfig
+from bingo.config import AugmentConfig, DataConfig, TrainerConfig
 from bingo.data.datasets import ImageDataset
 from bingo.data.transforms import eval_transform, moco_v2_transform
 from bingo.data.views import Views
+from bingo.errors import UserError
+from bingo.models.checkpoints import atomic_write
 from bingo.models.encoder import Encoder
 
 
@@ -20,20 +27,79 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-@torch.inference_mode()
+class _Embedder(L.LightningModule):
+    """Inference only: L2-normalised pooled backbone features of each batch, with the images' indices."""
+
+    def __init__(self, encoder: Encoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def predict_step(self, batch: tuple, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, D) normalised features and the (B,) data set indices they belong to."""
+        (images,), _, indices = batch
+        return F.normalize(self.encoder.features(images).float(), dim=1), indices
+
+
+class _RowWriter(BasePredictionWriter):
+    """Writes each batch's features into their rows of one array: in memory, or a `.npy` file all ranks share.
+
+    Rank 0 creates the file under a temporary name; every rank writes its own rows (DDP shards the
+    images); rank 0 renames it into place once all ranks are done, so a reader never sees half a file.
+    """
+
+    def __init__(self, shape: tuple[int, int], dtype: str, path: Path | None):
+        super().__init__("batch")
+        self.shape, self.dtype, self.path = shape, dtype, path
+        self.rows: np.ndarray | None = None if path else np.empty(shape, dtype)
+        self.tmp = None if path is None else path.with_name(f".{path.name}.partial")
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Open the shared file (rank 0 creates it first)."""
+        if self.path is None:
+            return
+        if trainer.is_global_zero:
+            np.lib.format.open_memmap(self.tmp, mode="w+", dtype=self.dtype, shape=self.shape).flush()
+        trainer.strategy.barrier("features-created")
+        self.rows = np.load(self.tmp, mmap_mode="r+")
+
+    def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: tuple,
+                           batch_indices: object, batch: object, batch_idx: int, dataloader_idx: int) -> None:
+        """Store one batch's features at its images' rows."""
+        features, indices = prediction
+        self.rows[indices.cpu().numpy()] = features.cpu().numpy().astype(self.dtype)
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Flush; rank 0 moves the complete file into place."""
+        if self.path is None:
+            return
+        self.rows.flush()
+        self.rows = None
+        trainer.strategy.barrier("features-written")
+        if trainer.is_global_zero:
+            os.replace(self.tmp, self.path)
+
+
 def extract_features(encoder: Encoder, dataset: ImageDataset, data: DataConfig, batch_size: int,
-                     desc: str = "features", progress: bool = True) -> np.ndarray:
-    """(N, D) float32 L2-normalised pooled backbone features under the evaluation transform."""
-    run_on = device()
+                     run: TrainerConfig | None = None, path: Path | None = None, dtype: str = "float32",
+                     progress: bool = True) -> np.ndarray:
+    """(N, D) L2-normalised pooled backbone features under the evaluation transform.
+
+    With `path`, written to that `.npy` file by every process of a distributed job (`run` says which
+    devices) and returned memory-mapped; without, computed by this process and returned in memory.
+    """
+    run = run or TrainerConfig(accelerator="auto", devices=1)
+    devices = run.devices if path else 1
+    writer = _RowWriter((len(dataset), encoder.feature_dim), dtype, path)
+    trainer = L.Trainer(accelerator=run.accelerator, devices=devices, num_nodes=run.num_nodes if path else 1,
+                        strategy=run.strategy if path else "auto", precision=run.precision, logger=False,
+                        callbacks=[writer], enable_progress_bar=progress, enable_model_summary=False,
+                        enable_checkpointing=False)
+    loader = DataLoader(Views(dataset, eval_transform(data), 1), batch_size=batch_size, shuffle=False,
+                        num_workers=data.num_workers)
     was_training = encoder.training
-    encoder.eval().to(run_on)
-    loader = DataLoader(Views(dataset, eval_transform(data), 1), batch_size=batch_size,
-                        num_workers=data.num_workers, shuffle=False)
-    chunks = []
-    for (images,), _, _ in tqdm(loader, desc=desc, leave=False, disable=not progress):
-        chunks.append(F.normalize(encoder.features(images.to(run_on)).float(), dim=1).cpu())
+    trainer.predict(_Embedder(encoder.eval()), loader, return_predictions=False)
     encoder.train(was_training)
-    return torch.cat(chunks).numpy()
+    return writer.rows if path is None else np.load(path, mmap_mode="r")
 
 
 @torch.no_grad()
@@ -66,3 +132,43 @@ def pixel_features(dataset: ImageDataset, data: DataConfig) -> np.ndarray:
     transform = eval_transform(data)
     pixels = torch.stack([transform(dataset.image(i)).flatten() for i in range(len(dataset))])
     return F.normalize(pixels, dim=1).numpy()
+
+
+FEATURES_FORMAT = "bingo-features/1"
+
+
+def write_features_meta(path: Path, meta: dict) -> None:
+    """Describe a features file in a .json beside it: data set identity, source network, layer, dtype."""
+    text = json.dumps({"format": FEATURES_FORMAT, **meta}, indent=2)
+    atomic_write(Path(path).with_suffix(".json"), lambda tmp: Path(tmp).write_text(text))
+
+
+def read_features_meta(path: Path) -> dict:
+    """The .json description of a features file ({} for features computed elsewhere)."""
+    sidecar = Path(path).with_suffix(".json")
+    return json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+
+
+def load_features(path: Path, dataset: dict) -> tuple[np.ndarray, dict]:
+    """A features file, memory-mapped, checked against the data set it must describe; and its description."""
+    if not path.is_file():
+        raise UserError(f"features file {path} does not exist; compute it with 'bingo embed'")
+    try:
+        features = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path} is not a .npy array ({err})") from None
+    if features.ndim != 2 or features.dtype not in (np.float16, np.float32):
+        raise UserError(f"{path} holds a {features.dtype} array of shape {features.shape}; "
+                        "features must be (images, dim) float32 or float16")
+    if len(features) != dataset["size"]:
+        raise UserError(f"{path} has features of {len(features)} images, but the data set has {dataset['size']}; "
+                        "compute them on the same data set (same data.* settings)")
+    meta = read_features_meta(path)
+    if meta.get("dataset", dataset) != dataset:
+        raise UserError(f"{path} was computed on another data set ({meta['dataset']}) than this run's "
+                        f"({dataset}); recompute it with 'bingo embed'")
+    norms = np.linalg.norm(np.asarray(features[:1000], dtype=np.float32), axis=1)
+    if np.abs(norms - 1).max() > 1e-2:
+        raise UserError(f"the rows of {path} are not L2-normalised (norms {norms.min():.3g} to {norms.max():.3g}); "
+                        "normalise them first")
+    return features, meta

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from bingo.bags.files import Bags
 from bingo.data.datasets import ImageDataset
 
 
@@ -26,23 +26,21 @@ class Views(Dataset):
 
 
 class BagViews(Dataset):
-    """BINGO's sample: an anchor and a positive drawn uniformly from its bag.
+    """BINGO's sample: an anchor and a positive drawn uniformly from its bag (never the anchor itself).
 
     Returns ([t1(a), t2(a), t3(p), t4(p)], label of a, index of a, index of p).
-    `bags` is (N, K) dataset indices; the anchor never appears in its own bag.
     """
 
-    def __init__(self, base: ImageDataset, bags: np.ndarray, transform: Callable):
+    def __init__(self, base: ImageDataset, bags: Bags, transform: Callable):
         if len(bags) != len(base):
             raise ValueError(f"{len(bags)} bags for {len(base)} images")
-        self.base, self.bags, self.transform = base, torch.as_tensor(bags), transform
+        self.base, self.bags, self.transform = base, bags, transform
 
     def __len__(self) -> int:
         return len(self.base)
 
     def __getitem__(self, index: int) -> tuple[list[torch.Tensor], int, int, int]:
-        bag = self.bags[index]
-        positive = int(bag[torch.randint(len(bag), ())])
+        positive = self.bags.positive(index)
         anchor_image, positive_image = self.base.image(index), self.base.image(positive)
         views = [self.transform(anchor_image), self.transform(anchor_image),
                  self.transform(positive_image), self.transform(positive_image)]

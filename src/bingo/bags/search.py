@@ -1,0 +1,96 @@
+"""Nearest neighbours of L2-normalised features: exact (faiss, chunked) or approximate (any faiss index).
+
+Features are an in-memory array or a memory-mapped `.npy` file (float32 or float16, one row per
+image). Rows are read in chunks, so a data set's features never need to be in memory as float32.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import faiss
+import numpy as np
+from tqdm import tqdm
+
+EXACT_LIMIT = 200_000  # bags.index=auto searches exactly up to this many images
+QUERY_CHUNK = 16384
+BASE_CHUNK = 131072
+
+
+def read_rows(features: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) as a contiguous float32 array.
+
+    A memory-mapped file is read with plain file reads, so the pages read do not stay resident in
+    this process (its memory stays that of one chunk, not of the whole file).
+    """
+    if isinstance(features, np.memmap) and features.filename:
+        row_bytes = features.dtype.itemsize * features.shape[1]
+        with open(features.filename, "rb") as f:
+            raw = os.pread(f.fileno(), (stop - start) * row_bytes, features.offset + start * row_bytes)
+        rows = np.frombuffer(raw, features.dtype).reshape(stop - start, features.shape[1])
+    else:
+        rows = features[start:stop]
+    return np.ascontiguousarray(rows, dtype=np.float32)
+
+
+def auto_index(count: int, dim: int) -> str:
+    """The index `bags.index=auto` picks: exact search when affordable, else an inverted file.
+
+    The inverted file's lists are found through an HNSW graph. Above 256 dimensions, it shortlists
+    candidates by 4-bit product quantisation, then re-ranks the shortlist with the full features kept
+    as float16; below, it compares full features directly.
+    """
+    if count <= EXACT_LIMIT:
+        return "exact"
+    lists = 2 ** round(math.log2(4 * math.sqrt(count)))
+    if dim <= 256:
+        return f"IVF{lists}_HNSW32,Flat"
+    codes = next(m for m in range(dim // 8, 0, -1) if dim % m == 0)
+    return f"IVF{lists}_HNSW32,PQ{codes}x4fs,Refine(SQfp16)"
+
+
+def exact_search(features: np.ndarray, queries: np.ndarray, k: int, progress: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k inner products of `queries` (Q, D) against all rows of `features` (N, D).
+
+    Returns (similarities (Q, k) float32, ids (Q, k) int64), best first; scans the base in chunks.
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    heap = faiss.ResultHeap(len(queries), k, keep_max=True)
+    count = len(features)
+    for start in tqdm(range(0, count, BASE_CHUNK), desc="exact search", leave=False, disable=not progress):
+        base = read_rows(features, start, min(count, start + BASE_CHUNK))
+        sims, ids = faiss.knn(queries, base, min(k, len(base)), metric=faiss.METRIC_INNER_PRODUCT)
+        heap.add_result(sims, np.where(ids >= 0, ids + start, -1))
+    heap.finalize()
+    return heap.D, heap.I
+
+
+def build_index(features: np.ndarray, factory: str, train_size: int, seed: int, progress: bool = False
+                ) -> faiss.Index:
+    """A trained faiss index (inner product) holding every row of `features`."""
+    count, dim = features.shape
+    try:
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as err:
+        raise ValueError(f"faiss cannot build index '{factory}': {str(err).splitlines()[-1]}") from None
+    if not index.is_trained:
+        sample = np.sort(np.random.default_rng(seed).permutation(count)[:train_size])
+        index.train(np.ascontiguousarray(features[sample], dtype=np.float32))
+    for start in tqdm(range(0, count, BASE_CHUNK), desc="index", leave=False, disable=not progress):
+        index.add(read_rows(features, start, min(count, start + BASE_CHUNK)))
+    return index
+
+
+def set_search_effort(index: faiss.Index, nprobe: int, refine_factor: float) -> None:
+    """How many inverted lists an IVF index probes and how large a shortlist Refine re-ranks."""
+    if isinstance(index, faiss.IndexRefine):
+        index.k_factor = refine_factor
+        index = faiss.downcast_index(index.base_index)
+    if isinstance(index, faiss.IndexPreTransform):
+        index = faiss.downcast_index(index.index)
+    if isinstance(index, faiss.IndexIVF):
+        index.nprobe = nprobe
+    elif isinstance(index, faiss.IndexHNSW):
+        index.hnsw.efSearch = max(nprobe, 16)
