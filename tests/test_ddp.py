@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 
@@ -16,6 +17,7 @@ PER_PROCESS = 16
 # A fixed seed before anything else, so that both runs build the same initial (random) queue.
 DRIVER = """\
 import sys
+import numpy as np
 import torch
 torch.manual_seed(1234)
 from bingo.cli import main
@@ -82,3 +84,21 @@ def test_ddp_two_processes_fill_one_queue(chain, tmp_path):
     assert (result["method"], result["epochs"], result["images"]) == ("bingo", 1, TRAIN_SIZE)
     student = load_file(str(ddp / "student.safetensors"))
     assert all(torch.equal(ckpt["state_dict"][f"student.{k}"], v) for k, v in student.items())
+
+
+def test_ddp_embed_each_process_writes_its_rows(chain, tmp_path):
+    """Two processes share one features file; an odd data set size makes the shards uneven."""
+    odd = "data.generated_train_size=101"
+    runs = {}
+    for name, extra in [("single", []), ("ddp", ["trainer.devices=2", "trainer.strategy=ddp"])]:
+        out = tmp_path / name
+        args = ["embed", *tiny_sets(odd, "trainer.accelerator=cpu", "embed.batch_size=16", *extra),
+                "--teacher", str(chain.teacher), "--out", str(out)]
+        proc = subprocess.run([sys.executable, "-m", "bingo", *args], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        check_ok(proc)
+        runs[name] = np.load(out / "features.npy")
+    assert runs["ddp"].shape == (101, 64)
+    np.testing.assert_allclose(runs["ddp"], runs["single"], atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(runs["ddp"], axis=1), 1, atol=1e-5)  # no row left unwritten
+    assert not list((tmp_path / "ddp").glob(".features.npy.*"))  # the partial file was moved into place

@@ -23,7 +23,7 @@ from bingo.bags.features import (
 from bingo.bags.files import check_bags, load_bags, save_bags
 from bingo.bags.knn import bag_purity, knn_bags
 from bingo.bags.report import bag_report, write_montage
-from bingo.bags.strategies import FEATURE_STRATEGIES, STRATEGIES, make_bags
+from bingo.bags.strategies import FEATURE_STRATEGIES, check_request, make_bags
 from bingo.config import Config, ModelConfig
 from bingo.data.datasets import ImageDataset, build_dataset
 from bingo.data.transforms import moco_v2_transform
@@ -92,9 +92,8 @@ def embed(cfg: Config, encoder: Encoder, data: ImageDataset, source: dict, path:
 def run_bags(cfg: Config, out: Path) -> Path:
     """Bags of every training image by cfg.bags.strategy, with a report and a montage; returns the bag file."""
     started = time.perf_counter()
-    if cfg.bags.strategy not in STRATEGIES:
-        raise UserError(f"unknown bag strategy '{cfg.bags.strategy}'; choose one of: {', '.join(STRATEGIES)}")
     data = build_dataset(cfg.data, "train")
+    check_request(cfg.bags, len(data))
     features, source, encoder = _bag_features(cfg, data)
     prepare_run_folder(out, cfg, resume=False)
     if encoder is not None:

@@ -8,11 +8,13 @@ from bingo.bags.search import QUERY_CHUNK, build_index, exact_search, read_rows,
 
 
 def knn_bags(features: np.ndarray, k: int, index: str = "exact", anchors: np.ndarray | None = None,
-             chunk: int = QUERY_CHUNK, nprobe: int = 32, refine_factor: float = 8.0, train_size: int = 65536,
+             chunk: int | None = None, nprobe: int = 16, refine_factor: float = 10.0, train_size: int = 65536,
              seed: int = 0, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Each anchor's K nearest other rows of L2-normalised `features` (N, D).
 
     `index`: "exact" or a faiss factory string (approximate; `nprobe`, `refine_factor` set its effort).
+    Queries run in chunks of `chunk` rows (default: smaller for an approximate index, whose per-query
+    lookup tables grow with nprobe).
     Returns (neighbours (A, K) int64, similarities (A, K) float32), nearest first, for the rows in
     `anchors` (default: all N). A row is never its own neighbour, also when exact duplicates tie with it.
     """
@@ -26,6 +28,7 @@ def knn_bags(features: np.ndarray, k: int, index: str = "exact", anchors: np.nda
         built = build_index(features, index, train_size, seed, progress)
         set_search_effort(built, nprobe, refine_factor)
         search = lambda queries: built.search(queries, k + 1)  # noqa: E731
+    chunk = chunk or (QUERY_CHUNK if index == "exact" else QUERY_CHUNK // 8)
     neighbours = np.empty((len(anchors), k), np.int64)
     similarities = np.empty((len(anchors), k), np.float32)
     for start in range(0, len(anchors), chunk):

@@ -16,6 +16,7 @@ from tqdm import tqdm
 EXACT_LIMIT = 200_000  # bags.index=auto searches exactly up to this many images
 QUERY_CHUNK = 16384
 BASE_CHUNK = 131072
+QUANTIZER_EF = 128  # efSearch of an HNSW coarse quantizer
 
 
 def read_rows(features: np.ndarray, start: int, stop: int) -> np.ndarray:
@@ -77,7 +78,13 @@ def build_index(features: np.ndarray, factory: str, train_size: int, seed: int, 
         raise ValueError(f"faiss cannot build index '{factory}': {str(err).splitlines()[-1]}") from None
     if not index.is_trained:
         sample = np.sort(np.random.default_rng(seed).permutation(count)[:train_size])
+        ivf = _inverted_file(index)
+        if ivf is not None:  # faiss warns below 39 training images per list; bags.train_size says how many
+            ivf.cp.min_points_per_centroid = 1
         index.train(np.ascontiguousarray(features[sample], dtype=np.float32))
+    ivf = _inverted_file(index)
+    if ivf is not None:
+        _set_quantizer_effort(ivf, 0)
     for start in tqdm(range(0, count, BASE_CHUNK), desc="index", leave=False, disable=not progress):
         index.add(read_rows(features, start, min(count, start + BASE_CHUNK)))
     return index
@@ -87,10 +94,34 @@ def set_search_effort(index: faiss.Index, nprobe: int, refine_factor: float) -> 
     """How many inverted lists an IVF index probes and how large a shortlist Refine re-ranks."""
     if isinstance(index, faiss.IndexRefine):
         index.k_factor = refine_factor
-        index = faiss.downcast_index(index.base_index)
-    if isinstance(index, faiss.IndexPreTransform):
-        index = faiss.downcast_index(index.index)
-    if isinstance(index, faiss.IndexIVF):
-        index.nprobe = nprobe
+    ivf = _inverted_file(index)
+    if ivf is not None:
+        ivf.nprobe = nprobe
+        _set_quantizer_effort(ivf, nprobe)
     elif isinstance(index, faiss.IndexHNSW):
         index.hnsw.efSearch = max(nprobe, 16)
+
+
+def _inverted_file(index: faiss.Index) -> faiss.IndexIVF | None:
+    """The IVF index inside a Refine / PCA wrapper, or None."""
+    while True:
+        index = faiss.downcast_index(index)
+        if isinstance(index, faiss.IndexIVF):
+            return index
+        if isinstance(index, faiss.IndexRefine):
+            index = index.base_index
+        elif isinstance(index, faiss.IndexPreTransform):
+            index = index.index
+        else:
+            return None
+
+
+def _set_quantizer_effort(ivf: faiss.IndexIVF, nprobe: int) -> None:
+    """An HNSW coarse quantizer must search wide enough to find the right lists (at add and at search).
+
+    With faiss's default (efSearch 16), vectors land in the wrong list often enough to cost several
+    points of recall at ImageNet scale.
+    """
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    if isinstance(quantizer, faiss.IndexHNSW):
+        quantizer.hnsw.efSearch = max(QUANTIZER_EF, 2 * nprobe)

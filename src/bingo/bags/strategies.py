@@ -21,15 +21,24 @@ def make_bags(cfg: BagsConfig, features: np.ndarray | None, labels: np.ndarray, 
               progress: bool = False) -> Bags:
     """Bags of every image by `cfg.strategy`; `features` (N, D) L2-normalised where the strategy needs them."""
     count = len(labels)
+    check_request(cfg, count)
     if cfg.strategy in ("knn", "student"):
         return neighbour_strategy(features, cfg, seed, progress)
     if cfg.strategy == "kmeans":
         return kmeans_strategy(features, cfg.clusters, cfg.kmeans_iters, seed)
     if cfg.strategy == "labels":
         return label_strategy(labels)
-    if cfg.strategy == "random":
-        return random_strategy(count, cfg.k, seed)
-    raise UserError(f"unknown bag strategy '{cfg.strategy}'; choose one of: {', '.join(STRATEGIES)}")
+    return random_strategy(count, cfg.k, seed)
+
+
+def check_request(cfg: BagsConfig, count: int) -> None:
+    """Refuse an unknown strategy, or a K or C that does not fit `count` images, before any work is done."""
+    if cfg.strategy not in STRATEGIES:
+        raise UserError(f"unknown bag strategy '{cfg.strategy}'; choose one of: {', '.join(STRATEGIES)}")
+    if cfg.strategy == "kmeans":
+        _check_size(cfg.clusters, count, "bags.clusters")
+    elif cfg.strategy != "labels":
+        _check_size(cfg.k, count, "bags.k")
 
 
 def neighbour_strategy(features: np.ndarray, cfg: BagsConfig, seed: int, progress: bool = False) -> NeighbourBags:
