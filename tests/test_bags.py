@@ -135,9 +135,9 @@ def test_too_few_candidates_is_a_value_error():
 
 def test_auto_index_is_exact_when_small_and_approximate_at_scale():
     assert auto_index(200_000, 2048) == "exact"
-    assert auto_index(1_281_167, 2048) == "IVF4096_HNSW32,PQ256x4fs,Refine(SQfp16)"
-    assert auto_index(1_000_000, 512) == "IVF4096_HNSW32,PQ64x4fs,Refine(SQfp16)"
-    assert auto_index(1_000_000, 100) == "IVF4096_HNSW32,Flat"  # low dimension: scan exact distances
+    assert auto_index(1_281_167, 2048) == "IVF4096,PQ256x4fs,Refine(SQfp16)"
+    assert auto_index(1_000_000, 512) == "IVF4096,PQ64x4fs,Refine(SQfp16)"
+    assert auto_index(1_000_000, 100) == "IVF4096,Flat"  # low dimension: scan exact distances
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])

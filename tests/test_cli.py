@@ -78,7 +78,7 @@ def test_distill_products(chain, method):
     assert (result["stage"], result["method"], result["epochs"], result["images"]) == ("distill", method, 1,
                                                                                       TRAIN_SIZE)
     expected = {"loss", "anchor", "positive", "mix", "intra", "inter", "alignment"} if method == "bingo" else \
-        {"loss", "alignment"}
+        {"loss", "key_alignment"}
     assert {k.removeprefix("train/").removesuffix("_epoch") for k in result["final_metrics"]} == expected
     assert all(math.isfinite(v) for v in result["final_metrics"].values())
     cfg = tiny_config()
@@ -224,7 +224,7 @@ BAD_INPUTS = {
         "image folder /nonexistent has no train/ subfolder"),
     "unknown method": (
         lambda c, t: ("distill", *tiny_sets(), "--method", "simclr", "--out", t / "out"),
-        "unknown method 'simclr'; choose one of: bingo, moco"),
+        "unknown method 'simclr'; choose one of: moco, seed, compress-1q, compress-2q, disco, simreg, bingo"),
     "unknown preset": (
         lambda c, t: ("pretrain", "--preset", "cifar-huge", "--out", t / "out"),
         "unknown preset 'cifar-huge'"),

@@ -221,7 +221,7 @@ def _teacher_state_in_checkpoint(out) -> dict[str, torch.Tensor]:
 
 def test_teacher_unchanged_in_eval_bn_mode(tmp_path, step_modes):
     cfg, before = _distill_inputs(tmp_path)
-    assert cfg.distill.bingo.teacher_bn == "eval"
+    assert cfg.distill.teacher_bn == "eval"
     pipeline.run_distill(cfg, tmp_path / "run")
     assert len(step_modes) == 128 // BATCH
     assert all(s["student"] and not s["teacher"] and not any(s["teacher_bn"]) for s in step_modes)
@@ -232,7 +232,7 @@ def test_teacher_unchanged_in_eval_bn_mode(tmp_path, step_modes):
 
 
 def test_teacher_running_stats_unchanged_in_train_bn_mode(tmp_path, step_modes):
-    cfg, before = _distill_inputs(tmp_path, "distill.bingo.teacher_bn=train")
+    cfg, before = _distill_inputs(tmp_path, "distill.teacher_bn=train")
     pipeline.run_distill(cfg, tmp_path / "run")
     assert len(step_modes) == 128 // BATCH
     # Batch statistics in use: the teacher's BN layers really are in training mode, with momentum 0.
@@ -250,12 +250,12 @@ def test_moco_key_encoder_runs_in_train_mode(tmp_path, monkeypatch):
     cfg = tiny_config("distill.optim.batch_size=16", "trainer.limit_train_batches=2")
     data = build_dataset(cfg.data, "train")
     module = MoCo(tiny_encoder(0), cfg.distill.optim, MoCoConfig(queue_size=64, momentum=0.99))
-    key_bn_before = {k: v.clone() for k, v in module.key_encoder.state_dict().items() if "running_mean" in k}
+    key_bn_before = {k: v.clone() for k, v in module.key_encoder.encoder.state_dict().items() if "running_mean" in k}
     seen = []
     real = MoCo.training_step
 
     def spy(self, batch, batch_idx):
-        seen.append((self.student.training, self.key_encoder.training))
+        seen.append((self.student.training, self.key_encoder.encoder.training))
         return real(self, batch, batch_idx)
 
     monkeypatch.setattr(MoCo, "training_step", spy)
@@ -263,7 +263,7 @@ def test_moco_key_encoder_runs_in_train_mode(tmp_path, monkeypatch):
     fit(module, Views(data, moco_v2_transform(cfg.data, cfg.augment), 2), cfg, cfg.distill.optim, tmp_path, False)
     assert seen == [(True, True), (True, True)]
     assert int(module.queue.ptr) == 2 * 16
-    after = module.key_encoder.state_dict()
+    after = module.key_encoder.encoder.state_dict()
     assert all(not torch.equal(after[k], v) for k, v in key_bn_before.items())
     assert module.queue.keys.shape == (64, EMBED)
 

@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "instead of running the teacher")
             sub.add_argument("--model", help="the student's weights for --strategy student: encoder file or 'random'")
         if name == "distill":
-            sub.add_argument("--method", help="bingo | moco")
+            sub.add_argument("--method", help="bingo | moco | seed | compress-1q | compress-2q | disco | simreg")
             sub.add_argument("--bags", help="bag file from 'bingo bags'")
         if name == "eval":
             sub.add_argument("protocol", choices=("knn", "linear", "all"), help="evaluation protocol")

@@ -101,7 +101,40 @@ class BingoConfig:
     symmetric: bool = True  # also the positive's query against both keys (L_pos)
     cutmix: bool = True  # the CutMix query (L_mix)
     cutmix_alpha: float = 2.0  # box size ~ Beta(alpha, alpha)
-    teacher_bn: str = "eval"  # eval (running statistics) | train (batch statistics, shuffle-BN)
+    keys: str = "teacher"  # teacher | momentum (keys from a momentum copy of the student: method.md §1.3)
+    key_momentum: float = 0.999  # EMA of the momentum student when keys=momentum
+
+
+@dataclass
+class SeedConfig:
+    """SEED: soft cross-entropy over teacher similarities to a queue of teacher embeddings."""
+
+    queue_size: int = 65536
+    student_temperature: float = 0.2
+    teacher_temperature: float = 1e-4
+
+
+@dataclass
+class CompressConfig:
+    """CompRess: KL between teacher and student similarity distributions over memory banks."""
+
+    bank_size: int = 128000
+    temperature: float = 0.04
+    momentum: float = 0.999  # the momentum student that fills the student bank (compress-2q)
+
+
+@dataclass
+class DiscoConfig:
+    """DisCo: MoCo-v2 on the student (distill.moco) plus squared error to the teacher's embeddings."""
+
+    weight: float = 1.0  # weight of each view's squared-error term (summed over the batch)
+
+
+@dataclass
+class SimRegConfig:
+    """SimReg: the student backbone and an MLP predictor regress the teacher's backbone features."""
+
+    predictor_hidden: int = 2048
 
 
 @dataclass
@@ -143,11 +176,16 @@ class BagsConfig:
 class DistillConfig:
     """`bingo distill`: a student trained by one method."""
 
-    method: str = "bingo"  # bingo | moco
+    method: str = "bingo"  # bingo | moco | seed | compress-1q | compress-2q | disco | simreg
     bags: str = ""  # bag file from 'bingo bags' (methods that use bags)
+    teacher_bn: str = "eval"  # teacher BatchNorm: eval (running statistics) | train (batch statistics, shuffle-BN)
     optim: OptimConfig = field(default_factory=OptimConfig)
     bingo: BingoConfig = field(default_factory=BingoConfig)
     moco: MoCoConfig = field(default_factory=MoCoConfig)
+    seed: SeedConfig = field(default_factory=SeedConfig)
+    compress: CompressConfig = field(default_factory=CompressConfig)
+    disco: DiscoConfig = field(default_factory=DiscoConfig)
+    simreg: SimRegConfig = field(default_factory=SimRegConfig)
 
 
 @dataclass

@@ -31,7 +31,7 @@ from bingo.data.views import BagViews, Views
 from bingo.errors import UserError
 from bingo.eval.knn import knn_accuracy
 from bingo.eval.linear import linear_probe_accuracy
-from bingo.methods import METHODS, Bingo, MoCo
+from bingo.methods import METHODS, MoCo, build_method, needs_teacher
 from bingo.methods.base import Method
 from bingo.models.backbones import count_parameters
 from bingo.models.checkpoints import load_encoder, save_encoder
@@ -149,22 +149,22 @@ def run_distill(cfg: Config, out: Path, resume: bool = False) -> Path:
     if name not in METHODS:
         raise UserError(f"unknown method '{name}'; choose one of: {', '.join(METHODS)}")
     data = build_dataset(cfg.data, "train")
-    transform = moco_v2_transform(cfg.data, cfg.augment)
-    student = Encoder(cfg.student, cfg.data.channels)
     run_info = {"dataset": data.identity, "method": name}
-    if name == "bingo":
+    teacher = None
+    if needs_teacher(cfg):
         teacher = _load_teacher(cfg)
+        run_info["teacher"] = file_digest(Path(cfg.teacher.checkpoint))
+    module = build_method(cfg, Encoder(cfg.student, cfg.data.channels), teacher, run_info)
+    transform = moco_v2_transform(cfg.data, cfg.augment)
+    if module.views == "bags":
         if not cfg.distill.bags:
-            raise UserError("BINGO needs bags: pass --bags FILE (built by 'bingo bags')")
+            raise UserError(f"{name} needs bags: pass --bags FILE (built by 'bingo bags')")
         bags = load_bags(Path(cfg.distill.bags))
-        run_info |= {"teacher": file_digest(Path(cfg.teacher.checkpoint)), "bags": file_digest(Path(cfg.distill.bags))}
-        check_bags(Path(cfg.distill.bags), bags, data.identity, _expected_bags(cfg, run_info["teacher"]))
-        module = Bingo(student, teacher, cfg.distill.optim, cfg.distill.bingo, cfg.distill.moco.shuffle_bn_splits,
-                       run_info)
+        check_bags(Path(cfg.distill.bags), bags, data.identity, _expected_bags(cfg, run_info.get("teacher")))
+        run_info["bags"] = file_digest(Path(cfg.distill.bags))
         dataset = BagViews(data, bags, transform)
     else:
-        module = MoCo(student, cfg.distill.optim, cfg.distill.moco, run_info)
-        dataset = Views(data, transform, 2)
+        dataset = Views(data, transform, module.views)
     prepare_run_folder(out, cfg, resume, run_info)
     trainer = fit(module, dataset, cfg, cfg.distill.optim, out, resume)
     return _finish_training(module, trainer, cfg.student, cfg, out / STUDENT_FILE,
@@ -278,7 +278,7 @@ def _finish_training(module: Method, trainer: L.Trainer, model: ModelConfig, cfg
     return path
 
 
-def _expected_bags(cfg: Config, teacher: str) -> dict:
+def _expected_bags(cfg: Config, teacher: str | None) -> dict:
     """What this run's config says its bags are: strategy, K or C, and the teacher they came from."""
     size = {"clusters": cfg.bags.clusters} if cfg.bags.strategy == "kmeans" else \
         {} if cfg.bags.strategy == "labels" else {"k": cfg.bags.k}

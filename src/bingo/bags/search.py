@@ -38,17 +38,17 @@ def read_rows(features: np.ndarray, start: int, stop: int) -> np.ndarray:
 def auto_index(count: int, dim: int) -> str:
     """The index `bags.index=auto` picks: exact search when affordable, else an inverted file.
 
-    The inverted file's lists are found through an HNSW graph. Above 256 dimensions, it shortlists
-    candidates by 4-bit product quantisation, then re-ranks the shortlist with the full features kept
-    as float16; below, it compares full features directly.
+    Images go to their nearest list exactly (a flat quantizer: matrix products, fast on CPU). Above
+    256 dimensions, it shortlists candidates by 4-bit product quantisation, then re-ranks the
+    shortlist with the full features kept as float16; below, it compares full features directly.
     """
     if count <= EXACT_LIMIT:
         return "exact"
     lists = 2 ** round(math.log2(4 * math.sqrt(count)))
     if dim <= 256:
-        return f"IVF{lists}_HNSW32,Flat"
+        return f"IVF{lists},Flat"
     codes = next(m for m in range(dim // 8, 0, -1) if dim % m == 0)
-    return f"IVF{lists}_HNSW32,PQ{codes}x4fs,Refine(SQfp16)"
+    return f"IVF{lists},PQ{codes}x4fs,Refine(SQfp16)"
 
 
 def exact_search(features: np.ndarray, queries: np.ndarray, k: int, progress: bool = False

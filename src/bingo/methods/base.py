@@ -50,9 +50,17 @@ class Method(L.LightningModule):
     @torch.no_grad()
     def teacher_keys(self, *views: torch.Tensor) -> list[torch.Tensor]:
         """The teacher's normalised embeddings of each view (B, C, H, W) -> (B, D), without gradient."""
+        return self._run_teacher(self.teacher, views)
+
+    @torch.no_grad()
+    def teacher_features(self, *views: torch.Tensor) -> list[torch.Tensor]:
+        """The teacher's pooled backbone features of each view (B, C, H, W) -> (B, F), without gradient."""
+        return self._run_teacher(self.teacher.backbone, views)
+
+    def _run_teacher(self, network: nn.Module, views: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
         if self.teacher_bn == "eval":
-            return list(self.teacher(torch.cat(views)).chunk(len(views)))
-        return [shuffled_forward(self.teacher, view, self.shuffle_bn_splits) for view in views]
+            return list(network(torch.cat(views)).chunk(len(views)))
+        return [shuffled_forward(network, view, self.shuffle_bn_splits) for view in views]
 
     def configure_optimizers(self) -> dict:
         """SGD on the trainable parameters; lr scaled by batch/256, linear warm-up then cosine per step."""
@@ -83,6 +91,13 @@ class Method(L.LightningModule):
             if key in stored and stored[key] != value:
                 raise UserError(f"cannot resume: the checkpoint was made with another {key} "
                                 f"({stored[key]} vs {value}); start a new run with another --out")
+
+
+def require_same_dim(student_dim: int, teacher_dim: int, what: str, fix: str) -> None:
+    """Refuse a student whose output cannot be compared with the teacher's, with the fix in one line."""
+    if student_dim != teacher_dim:
+        raise UserError(f"the student's embedding has {student_dim} dimensions but the teacher's {what} has "
+                        f"{teacher_dim}; set {fix}={teacher_dim}")
 
 
 def freeze(module: nn.Module, batch_statistics: bool = False) -> None:

@@ -7,24 +7,41 @@ import torch
 from bingo.config import BingoConfig, OptimConfig
 from bingo.data.transforms import cutmix
 from bingo.errors import UserError
-from bingo.methods.base import Method
+from bingo.methods.base import Method, require_same_dim
 from bingo.methods.losses import bingo_loss
+from bingo.methods.momentum import MomentumEncoder
 from bingo.methods.queue import KeyQueue
 from bingo.models.encoder import Encoder
 
 
 class Bingo(Method):
-    """Bag of Instances Aggregation (method.md §1.2); keys from the teacher, a queue of anchor keys."""
+    """Bag of Instances Aggregation (method.md §1.2): a queue of anchor keys.
 
-    def __init__(self, student: Encoder, teacher: Encoder, optim: OptimConfig, bingo: BingoConfig,
-                 shuffle_bn_splits: int = 1, run_info: dict | None = None):
-        super().__init__(student, optim, teacher, bingo.teacher_bn, shuffle_bn_splits, run_info)
-        student_dim, teacher_dim = student.head[-1].out_features, teacher.head[-1].out_features
-        if student_dim != teacher_dim:
-            raise UserError(f"student.embed_dim is {student_dim} but the teacher embeds in {teacher_dim} "
-                            f"dimensions; set student.embed_dim={teacher_dim}")
+    Keys come from the frozen teacher (`keys=teacher`), or, for the ablation of method.md §1.3,
+    from a momentum copy of the student (`keys=momentum`; the teacher is then not needed).
+    """
+
+    views = "bags"
+
+    def __init__(self, student: Encoder, teacher: Encoder | None, optim: OptimConfig, bingo: BingoConfig,
+                 shuffle_bn_splits: int = 1, run_info: dict | None = None, teacher_bn: str = "eval"):
+        if bingo.keys not in ("teacher", "momentum"):
+            raise UserError(f"distill.bingo.keys must be 'teacher' or 'momentum', not '{bingo.keys}'")
+        momentum = bingo.keys == "momentum"
+        super().__init__(student, optim, None if momentum else teacher, teacher_bn, shuffle_bn_splits, run_info)
+        dim = student.head[-1].out_features
+        if not momentum:
+            require_same_dim(dim, teacher.head[-1].out_features, "embedding", "student.embed_dim")
         self.bingo = bingo
-        self.queue = KeyQueue(bingo.queue_size, teacher.head[-1].out_features)
+        self.key_encoder = MomentumEncoder(student, bingo.key_momentum, shuffle_bn_splits) if momentum else None
+        self.queue = KeyQueue(bingo.queue_size, dim)
+
+    def keys(self, *views: torch.Tensor) -> list[torch.Tensor]:
+        """Normalised keys of each view (B, D), from the teacher or the momentum student; no gradient."""
+        if self.key_encoder is None:
+            return self.teacher_keys(*views)
+        self.key_encoder.update(self.student)
+        return [self.key_encoder(view) for view in views]
 
     def loss_weights(self, epoch: float | None = None) -> tuple[float, float]:
         """(λs, λo) at a (fractional) epoch: (1, 0) during the warm-up, then the configured pair."""
@@ -47,7 +64,7 @@ class Bingo(Method):
         if cfg.cutmix:
             mixed_images, lam_mix = cutmix(anchor_query, positive_query, cfg.cutmix_alpha)
             mixed = self.student(mixed_images)  # zm
-        anchor_keys, positive_keys = self.teacher_keys(anchor_key, positive_key)  # ya, yp: (B, D)
+        anchor_keys, positive_keys = self.keys(anchor_key, positive_key)  # ya, yp: (B, D)
         lam_self, lam_other = self.loss_weights(self.epoch_progress(batch_idx))
         terms = bingo_loss(anchor, positive, mixed, anchor_keys, positive_keys, self.queue.snapshot(),
                            cfg.temperature, lam_self, lam_other, lam_mix)

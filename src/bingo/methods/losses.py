@@ -59,3 +59,68 @@ def bingo_loss(anchor: torch.Tensor, positive: torch.Tensor | None, mixed: torch
         terms["mix"] = lam_mix * ce_mixed[0] + (1 - lam_mix) * ce_mixed[1]
     loss = torch.stack(list(terms.values())).mean()
     return {"loss": loss, **terms, "intra": ce_anchor[0].detach(), "inter": ce_anchor[1].detach()}
+
+
+def seed_loss(student: torch.Tensor, teacher: torch.Tensor, queue: torch.Tensor, student_temperature: float,
+              teacher_temperature: float) -> torch.Tensor:
+    """SEED's soft cross-entropy between teacher and student similarity distributions.
+
+    pT = softmax([t·t, t·Q] / τT),  log pS = log_softmax([s·t, s·Q] / τS),  L = -Σ pT · log pS
+
+    Args:
+        student: (B, D) normalised student embeddings s (receive gradient).
+        teacher: (B, D) normalised teacher embeddings t of the same images (no gradient).
+        queue: (K, D) normalised teacher embeddings of earlier batches Q (no gradient).
+        student_temperature, teacher_temperature: τS (0.2), τT (1e-4).
+    Returns:
+        (B,) per-image loss.
+    """
+    teacher, queue = teacher.detach(), queue.detach()
+    teacher_logits = torch.cat([(teacher * teacher).sum(1, keepdim=True), teacher @ queue.T], 1)  # (B, 1 + K)
+    student_logits = torch.cat([(student * teacher).sum(1, keepdim=True), student @ queue.T], 1)  # (B, 1 + K)
+    target = F.softmax(teacher_logits / teacher_temperature, dim=1)
+    return -(target * F.log_softmax(student_logits / student_temperature, dim=1)).sum(1)
+
+
+def compress_loss(student: torch.Tensor, teacher: torch.Tensor, student_bank: torch.Tensor,
+                  teacher_bank: torch.Tensor, temperature: float) -> torch.Tensor:
+    """CompRess: KL(teacher's similarity distribution over its bank || student's over its bank).
+
+    pT = softmax(BT·t / τ),  pS = softmax(BS·s / τ),  L = KL(pT || pS) = Σ pT (log pT - log pS)
+    CompRess-2q: BS holds momentum-student embeddings of the images BT holds; CompRess-1q: BS = BT.
+
+    Args:
+        student: (B, Ds) normalised student embeddings s (receive gradient).
+        teacher: (B, Dt) normalised teacher features t (no gradient).
+        student_bank: (K, Ds) and teacher_bank: (K, Dt): the same K earlier images (no gradient).
+        temperature: τ (0.04).
+    Returns:
+        (B,) per-image KL divergence.
+    """
+    teacher_log_p = F.log_softmax(teacher.detach() @ teacher_bank.detach().T / temperature, dim=1)  # (B, K)
+    student_log_p = F.log_softmax(student @ student_bank.detach().T / temperature, dim=1)  # (B, K)
+    return (teacher_log_p.exp() * (teacher_log_p - student_log_p)).sum(1)
+
+
+def squared_error(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """DisCo's distillation term: Σ_b ||s_b - t_b||², summed over the batch as DisCo's official code does.
+
+    Args:
+        student: (B, D) normalised student embeddings (receive gradient).
+        teacher: (B, D) normalised teacher embeddings of the same views (no gradient).
+    Returns:
+        scalar.
+    """
+    return (student - teacher.detach()).pow(2).sum()
+
+
+def cosine_regression(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """SimReg: 2 - 2·cos(prediction, target) per image.
+
+    Args:
+        prediction: (B, D) predictor outputs (receive gradient); normalised here.
+        target: (B, D) teacher backbone features (no gradient); normalised here.
+    Returns:
+        (B,) per-image loss in [0, 4].
+    """
+    return 2 - 2 * F.cosine_similarity(prediction, target.detach(), dim=1)

@@ -1,0 +1,33 @@
+"""A momentum copy of the student: MoCo's key encoder, DisCo's and CompRess-2q's, BINGO's ablation keys."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from bingo.methods.base import freeze
+from bingo.methods.queue import shuffled_forward
+from bingo.models.encoder import Encoder
+
+
+class MomentumEncoder(nn.Module):
+    """Follows `source` by exponential moving average; encodes keys with shuffle-BN, without gradient."""
+
+    def __init__(self, source: Encoder, momentum: float, shuffle_bn_splits: int = 1):
+        super().__init__()
+        self.encoder = copy.deepcopy(source)
+        freeze(self.encoder, batch_statistics=True)
+        self.momentum, self.shuffle_bn_splits = momentum, shuffle_bn_splits
+
+    @torch.no_grad()
+    def update(self, source: Encoder) -> None:
+        """encoder ← m·encoder + (1 - m)·source, parameter by parameter."""
+        for mine, theirs in zip(self.encoder.parameters(), source.parameters(), strict=True):
+            mine.mul_(self.momentum).add_(theirs.detach(), alpha=1 - self.momentum)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised embeddings (B, C, H, W) -> (B, D), BatchNorm over a shuffled batch."""
+        return shuffled_forward(self.encoder, images, self.shuffle_bn_splits)

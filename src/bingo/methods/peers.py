@@ -1,0 +1,138 @@
+"""BINGO's peers with a teacher (method.md §2): SEED, CompRess-1q/2q, DisCo, SimReg.
+
+Each differs from the shared base only in what it compares and how; data, schedule, teacher
+handling and logging come from `Method`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from bingo.config import CompressConfig, DiscoConfig, MoCoConfig, OptimConfig, SeedConfig, SimRegConfig
+from bingo.methods.base import Method, require_same_dim
+from bingo.methods.losses import compress_loss, cosine_regression, seed_loss, squared_error
+from bingo.methods.moco import MoCo
+from bingo.methods.momentum import MomentumEncoder
+from bingo.methods.queue import KeyQueue
+from bingo.models.encoder import Encoder, projection_head
+
+
+def _alignment(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean cosine between student and teacher embeddings of the same views."""
+    return (student.detach() * teacher).sum(1).mean()
+
+
+class Seed(Method):
+    """SEED: one view; the student matches the teacher's similarity distribution over a teacher queue."""
+
+    views = 1
+
+    def __init__(self, student: Encoder, teacher: Encoder, optim: OptimConfig, seed: SeedConfig,
+                 teacher_bn: str = "eval", shuffle_bn_splits: int = 1, run_info: dict | None = None):
+        super().__init__(student, optim, teacher, teacher_bn, shuffle_bn_splits, run_info)
+        dim = teacher.head[-1].out_features
+        require_same_dim(student.head[-1].out_features, dim, "embedding", "student.embed_dim")
+        self.seed_cfg = seed
+        self.queue = KeyQueue(seed.queue_size, dim)
+
+    def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
+        """One SEED step: student and teacher see the same view."""
+        (images,), _, _ = batch
+        student = self.student(images)  # s: (B, D)
+        (teacher,) = self.teacher_keys(images)  # t: (B, D)
+        loss = seed_loss(student, teacher, self.queue.snapshot(), self.seed_cfg.student_temperature,
+                         self.seed_cfg.teacher_temperature).mean()
+        self.queue.push(teacher)
+        self.log_terms({"loss": loss, "alignment": _alignment(student, teacher)}, len(images))
+        return loss
+
+
+class Compress(Method):
+    """CompRess: KL between the teacher's and the student's similarities to memory banks of earlier images.
+
+    `banks=2` (CompRess-2q): the student is compared with a bank of momentum-student embeddings;
+    `banks=1` (CompRess-1q): with the teacher's bank, so its embedding must match the teacher's features.
+    """
+
+    views = 1
+
+    def __init__(self, student: Encoder, teacher: Encoder, optim: OptimConfig, compress: CompressConfig,
+                 banks: int, teacher_bn: str = "eval", shuffle_bn_splits: int = 1, run_info: dict | None = None):
+        super().__init__(student, optim, teacher, teacher_bn, shuffle_bn_splits, run_info)
+        student_dim = student.head[-1].out_features
+        if banks == 1:
+            require_same_dim(student_dim, teacher.feature_dim, "backbone feature", "student.embed_dim")
+        self.compress = compress
+        self.teacher_bank = KeyQueue(compress.bank_size, teacher.feature_dim)
+        self.momentum_student = MomentumEncoder(student, compress.momentum, shuffle_bn_splits) if banks == 2 else None
+        self.student_bank = KeyQueue(compress.bank_size, student_dim) if banks == 2 else None
+
+    def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
+        """One CompRess step: each network against its bank, before this batch is added."""
+        (images,), _, _ = batch
+        student = self.student(images)  # (B, Ds)
+        teacher = F.normalize(self.teacher_features(images)[0], dim=1)  # (B, Dt)
+        teacher_bank = self.teacher_bank.snapshot()
+        if self.momentum_student is None:
+            student_bank = teacher_bank
+        else:
+            self.momentum_student.update(self.student)
+            student_keys = self.momentum_student(images)  # (B, Ds)
+            student_bank = self.student_bank.snapshot()
+        loss = compress_loss(student, teacher, student_bank, teacher_bank, self.compress.temperature).mean()
+        self.teacher_bank.push(teacher)
+        if self.momentum_student is not None:
+            self.student_bank.push(student_keys)
+        self.log_terms({"loss": loss}, len(images))
+        return loss
+
+
+class DisCo(MoCo):
+    """DisCo: MoCo-v2 on the student, plus squared error between its and the teacher's embeddings of both views."""
+
+    def __init__(self, student: Encoder, teacher: Encoder, optim: OptimConfig, moco: MoCoConfig, disco: DiscoConfig,
+                 teacher_bn: str = "eval", run_info: dict | None = None):
+        super().__init__(student, optim, moco, run_info, teacher, teacher_bn)
+        require_same_dim(student.head[-1].out_features, teacher.head[-1].out_features, "embedding",
+                         "student.embed_dim")
+        self.disco = disco
+
+    def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
+        """One DisCo step on two views."""
+        (first, second), _, _ = batch
+        terms, first_student = self.moco_terms(first, second)
+        second_student = self.student(second)
+        first_teacher, second_teacher = self.teacher_keys(first, second)
+        terms["distill"] = self.disco.weight * (squared_error(first_student, first_teacher)
+                                                + squared_error(second_student, second_teacher))
+        terms["loss"] = terms["moco"] + terms["distill"]
+        terms["alignment"] = _alignment(first_student, first_teacher)
+        self.log_terms(terms, len(first))
+        return terms["loss"]
+
+
+class SimReg(Method):
+    """SimReg: an MLP predictor on the student backbone regresses the teacher's backbone features (2 - 2·cos).
+
+    The student's own projection head is not used (and not trained); the predictor is dropped after training.
+    """
+
+    views = 1
+
+    def __init__(self, student: Encoder, teacher: Encoder, optim: OptimConfig, simreg: SimRegConfig,
+                 teacher_bn: str = "eval", shuffle_bn_splits: int = 1, run_info: dict | None = None):
+        super().__init__(student, optim, teacher, teacher_bn, shuffle_bn_splits, run_info)
+        self.predictor = projection_head(student.feature_dim, simreg.predictor_hidden, teacher.feature_dim,
+                                         batch_norm=True)
+        student.head.requires_grad_(False)
+
+    def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
+        """One SimReg step: student and teacher see the same view."""
+        (images,), _, _ = batch
+        prediction = self.predictor(self.student.features(images))  # (B, Dt)
+        (target,) = self.teacher_features(images)  # (B, Dt)
+        per_image = cosine_regression(prediction, target)
+        loss = per_image.mean()
+        self.log_terms({"loss": loss, "alignment": 1 - per_image.detach().mean() / 2}, len(images))
+        return loss

@@ -1,0 +1,202 @@
+"""The peers' losses against their formulas (loops, float64), and one training step of every method."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from bingo.config import BingoConfig, CompressConfig, DiscoConfig, MoCoConfig, OptimConfig, SeedConfig, SimRegConfig
+from bingo.errors import UserError
+from bingo.methods import Bingo, Compress, DisCo, MoCo, Seed, SimReg
+from bingo.methods.base import Method
+from bingo.methods.losses import compress_loss, cosine_regression, seed_loss, squared_error
+from bingo.models.encoder import Encoder
+from conftest import tiny_encoder, tiny_model_config
+from test_losses import unit
+
+B = 8
+
+
+def softmax(values: list[float]) -> list[float]:
+    top = max(values)
+    exps = [math.exp(v - top) for v in values]
+    return [e / sum(exps) for e in exps]
+
+
+def test_seed_loss_matches_formula():
+    s, t, queue = unit(4, 6, seed=1), unit(4, 6, seed=2), unit(5, 6, seed=3)
+    tau_s, tau_t = 0.2, 0.07
+    got = seed_loss(s, t, queue, tau_s, tau_t)
+    for i in range(4):
+        p_t = softmax([float(t[i] @ t[i]) / tau_t] + [float(t[i] @ q) / tau_t for q in queue])
+        p_s = softmax([float(s[i] @ t[i]) / tau_s] + [float(s[i] @ q) / tau_s for q in queue])
+        assert float(got[i]) == pytest.approx(-sum(a * math.log(b) for a, b in zip(p_t, p_s, strict=True)))
+
+
+def test_seed_loss_with_a_tiny_teacher_temperature_is_cross_entropy_on_the_own_key():
+    s, t, queue = unit(4, 6, seed=1), unit(4, 6, seed=2), unit(5, 6, seed=3)
+    got = seed_loss(s, t, queue, 0.2, 1e-4)  # pT is one-hot on t·t = 1, the largest similarity
+    for i in range(4):
+        p_s = softmax([float(s[i] @ t[i]) / 0.2] + [float(s[i] @ q) / 0.2 for q in queue])
+        assert float(got[i]) == pytest.approx(-math.log(p_s[0]))
+
+
+@pytest.mark.parametrize("banks", [1, 2])
+def test_compress_loss_matches_formula(banks):
+    s, t = unit(3, 6, seed=1), unit(3, 6, seed=2)
+    teacher_bank = unit(5, 6, seed=3)
+    student_bank = teacher_bank if banks == 1 else unit(5, 6, seed=4)
+    got = compress_loss(s, t, student_bank, teacher_bank, 0.04)
+    for i in range(3):
+        p_t = softmax([float(t[i] @ b) / 0.04 for b in teacher_bank])
+        p_s = softmax([float(s[i] @ b) / 0.04 for b in student_bank])
+        want = sum(a * (math.log(a) - math.log(b)) for a, b in zip(p_t, p_s, strict=True))
+        assert float(got[i]) == pytest.approx(want, rel=1e-6)
+    assert float(compress_loss(t, t, teacher_bank, teacher_bank, 0.04).abs().max()) < 1e-9  # KL(p || p) = 0
+
+
+def test_squared_error_and_cosine_regression():
+    s, t = unit(3, 4, seed=1), unit(3, 4, seed=2)
+    want = sum(float((s[i, j] - t[i, j]) ** 2) for i in range(3) for j in range(4))
+    assert float(squared_error(s, t)) == pytest.approx(want)
+    prediction, target = 3 * unit(3, 4, seed=5), 0.5 * unit(3, 4, seed=6)  # scale does not matter
+    got = cosine_regression(prediction, target)
+    for i in range(3):
+        cos = float(prediction[i] @ target[i]) / float(prediction[i].norm() * target[i].norm())
+        assert float(got[i]) == pytest.approx(2 - 2 * cos)
+
+
+def test_peer_losses_send_no_gradient_to_teacher_or_banks():
+    s = unit(3, 6, seed=1).requires_grad_()
+    t, queue, bank = (unit(3, 6, seed=2).requires_grad_(), unit(5, 6, seed=3).requires_grad_(),
+                      unit(5, 6, seed=4).requires_grad_())
+    (seed_loss(s, t, queue, 0.2, 0.01).sum() + compress_loss(s, t, bank, queue, 0.04).sum()
+     + squared_error(s, t) + cosine_regression(s, t).sum()).backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0
+    assert t.grad is None and queue.grad is None and bank.grad is None
+
+
+OPTIM = OptimConfig(epochs=1, batch_size=B)
+
+
+def wide_student(embed_dim: int) -> Encoder:
+    torch.manual_seed(0)
+    return Encoder(dataclasses.replace(tiny_model_config(), embed_dim=embed_dim), 3)
+
+
+BUILDERS = {
+    "moco": lambda: MoCo(tiny_encoder(0), OPTIM, MoCoConfig(queue_size=32)),
+    "seed": lambda: Seed(tiny_encoder(0), tiny_encoder(1), OPTIM, SeedConfig(queue_size=32)),
+    "compress-1q": lambda: Compress(wide_student(64), tiny_encoder(1), OPTIM, CompressConfig(bank_size=32), 1),
+    "compress-2q": lambda: Compress(tiny_encoder(0), tiny_encoder(1), OPTIM, CompressConfig(bank_size=32), 2),
+    "disco": lambda: DisCo(tiny_encoder(0), tiny_encoder(1), OPTIM, MoCoConfig(queue_size=32), DiscoConfig()),
+    "simreg": lambda: SimReg(tiny_encoder(0), tiny_encoder(1), OPTIM, SimRegConfig(predictor_hidden=32)),
+    "bingo": lambda: Bingo(tiny_encoder(0), tiny_encoder(1), OPTIM, BingoConfig(queue_size=32)),
+    "bingo-momentum-keys": lambda: Bingo(tiny_encoder(0), None, OPTIM, BingoConfig(queue_size=32, keys="momentum",
+                                                                                     key_momentum=0.5)),
+}
+
+
+def batch_for(module: Method) -> tuple:
+    g = torch.Generator().manual_seed(7)
+    if module.views == "bags":
+        views = [torch.randn(B, 3, 16, 16, generator=g) for _ in range(4)]
+        return views, torch.zeros(B, dtype=torch.long), torch.arange(B), torch.arange(B).flip(0)
+    views = [torch.randn(B, 3, 16, 16, generator=g) for _ in range(module.views)]
+    return views, torch.zeros(B, dtype=torch.long), torch.arange(B)
+
+
+# What one step changes: the trained networks, momentum copies, and queues or banks (the teacher never).
+CHANGED = {
+    "moco": {"student", "key_encoder", "queue"},
+    "seed": {"student", "queue"},
+    "compress-1q": {"student", "teacher_bank"},
+    "compress-2q": {"student", "momentum_student", "teacher_bank", "student_bank"},
+    "disco": {"student", "key_encoder", "queue"},
+    "simreg": {"student", "predictor"},
+    "bingo": {"student", "queue"},
+    "bingo-momentum-keys": {"student", "key_encoder", "queue"},
+}
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_one_training_step_changes_only_what_the_method_trains(name, monkeypatch):
+    monkeypatch.setattr(Method, "log_terms", lambda self, terms, batch_size: None)  # self.log needs a Trainer
+    module = BUILDERS[name]()
+    module.train()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    optimizer = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=0.5)
+    loss = module.training_step(batch_for(module), 0)
+    assert torch.isfinite(loss) and loss.requires_grad
+    loss.backward()
+    optimizer.step()
+    after = module.state_dict()
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == CHANGED[name]  # never the teacher: frozen, BatchNorm statistics included
+    trained_params = {n.split(".")[0] for n, p in module.named_parameters() if p.requires_grad}
+    assert trained_params == ({"student", "predictor"} if name == "simreg" else {"student"})
+    if name == "simreg":  # the unused projection head is not trained
+        assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("student.head."))
+
+
+def test_bingo_with_momentum_keys_needs_no_teacher_and_enqueues_momentum_keys(monkeypatch):
+    monkeypatch.setattr(Method, "log_terms", lambda self, terms, batch_size: None)
+    module = BUILDERS["bingo-momentum-keys"]()
+    assert module.teacher is None
+    module.train()
+    batch = batch_for(module)
+    module.training_step(batch, 0)
+    with torch.no_grad():
+        # The anchors' key view through the updated momentum student, BatchNorm on the whole batch (one split).
+        expected = module.key_encoder.encoder(batch[0][1])
+    torch.testing.assert_close(module.queue.keys[:B], expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("build,fix", [
+    (lambda: Seed(wide_student(8), tiny_encoder(1), OPTIM, SeedConfig(queue_size=32)), "student.embed_dim=16"),
+    (lambda: DisCo(wide_student(8), tiny_encoder(1), OPTIM, MoCoConfig(queue_size=32), DiscoConfig()),
+     "student.embed_dim=16"),
+    (lambda: Compress(tiny_encoder(0), tiny_encoder(1), OPTIM, CompressConfig(bank_size=32), 1),
+     "backbone feature has 64; set student.embed_dim=64"),
+    (lambda: Bingo(tiny_encoder(0), tiny_encoder(1), OPTIM, BingoConfig(keys="nope")), "'teacher' or 'momentum'"),
+])
+def test_mismatched_students_are_refused_with_the_fix(build, fix):
+    with pytest.raises(UserError, match=fix):
+        build()
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("seed", []), ("compress-1q", ["student.embed_dim=64"]), ("compress-2q", []), ("disco", []), ("simreg", []),
+    ("bingo", ["distill.bingo.keys=momentum"]),
+])
+def test_every_method_distils_from_the_command_line(chain, tmp_path, capsys, bingo_logger_guard, method, extra):
+    from bingo.cli import main
+    from conftest import read_json, tiny_sets
+
+    out = tmp_path / method
+    sets = tiny_sets("trainer.limit_train_batches=2", "trainer.loggers=[csv]", "distill.seed.queue_size=64",
+                     "distill.compress.bank_size=64", *extra)
+    args = ["distill", *sets,
+            "--method", method, "--teacher", str(chain.teacher), "--bags", str(chain.bags), "--out", str(out)]
+    assert main(args) == 0, capsys.readouterr().err
+    result = read_json(out / "results.json")
+    assert result["method"] == method and result["steps"] == 2 and math.isfinite(result["final_metrics"][
+        "train/loss_epoch"])
+    assert (out / "student.safetensors").is_file()
+    columns = (out / "logs" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "train/loss_step" in columns and "train/lr" in columns
+    if method in ("seed", "disco", "simreg", "bingo"):
+        assert "train/alignment_step" in columns
+
+
+def test_a_teacher_method_without_a_teacher_is_refused(tmp_path, capsys, bingo_logger_guard):
+    from bingo.cli import main
+    from conftest import tiny_sets
+
+    assert main(["distill", *tiny_sets(), "--method", "seed", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.startswith("bingo: error: no teacher given")
+    assert main(["distill", *tiny_sets(), "--method", "nope", "--out", str(tmp_path / "run")]) == 2
+    assert "unknown method 'nope'; choose one of: moco, seed, compress-1q" in capsys.readouterr().err
