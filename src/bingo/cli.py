@@ -12,7 +12,7 @@ from pathlib import Path
 from bingo.config import Config, load_config, preset_names
 from bingo.errors import UserError
 
-STAGES = ("pretrain", "embed", "bags", "distill", "eval", "demo")
+STAGES = ("pretrain", "embed", "bags", "distill", "eval", "compare", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
              "embed": "write a network's L2-normalised backbone features of a data set to a .npy file",
              "bags": "build every image's bag (kNN, k-means, labels, random or student features), with a report",
              "distill": "train a student with a distillation method", "eval": "evaluate a model's frozen features",
+             "compare": "train and evaluate several methods alike over seeds: one table, one chart",
              "demo": "the whole chain on Fashion-MNIST, with a results table"}
     for name in STAGES:
         sub = commands.add_parser(name, help=helps[name], description=helps[name])
@@ -32,9 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="override a config value, e.g. --set optim.lr=0.06 (repeatable)")
         sub.add_argument("--out", required=True, type=Path, help="run folder (config, logs, checkpoints, results)")
         sub.add_argument("--seed", type=int, help="random seed (makes a CPU run repeatable)")
-        if name in ("pretrain", "distill", "demo"):
+        if name in ("pretrain", "distill", "compare", "demo"):
             sub.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-        if name in ("embed", "bags", "distill"):
+        if name in ("embed", "bags", "distill", "compare"):
             sub.add_argument("--teacher", help="teacher encoder file (teacher.safetensors or a MoCo v1/v2 checkpoint)")
         if name == "embed":
             sub.add_argument("--model", help="a student-architecture network instead of the teacher: encoder file, "
@@ -46,7 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--model", help="the student's weights for --strategy student: encoder file or 'random'")
         if name == "distill":
             sub.add_argument("--method", help="bingo | moco | seed | compress-1q | compress-2q | disco | simreg")
+        if name in ("distill", "compare"):
             sub.add_argument("--bags", help="bag file from 'bingo bags'")
+        if name == "compare":
+            sub.add_argument("--methods", nargs="+", metavar="METHOD",
+                             help="methods to compare (variants: compare.runs in a --config file)")
+            sub.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="seeds of every run (default 0 1 2)")
         if name == "eval":
             sub.add_argument("protocol", choices=("knn", "linear", "all"), help="evaluation protocol")
             sub.add_argument("--model", required=True,
@@ -62,6 +68,10 @@ def resolve_config(args: argparse.Namespace) -> Config:
              "strategy": "bags.strategy", "features": "bags.features"}
     if args.command == "bags" and args.model is not None:
         overrides.append(f"student.checkpoint={args.model}")
+    if getattr(args, "methods", None):
+        overrides.append("compare.runs={" + ", ".join(f"{m}: {{}}" for m in args.methods) + "}")
+    if getattr(args, "seeds", None):
+        overrides.append(f"compare.seeds={args.seeds}")
     for flag, key in flags.items():
         if getattr(args, flag, None) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
@@ -98,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
             pipeline.run_bags(cfg, args.out)
         elif args.command == "distill":
             pipeline.run_distill(cfg, args.out, args.resume)
+        elif args.command == "compare":
+            from bingo.compare import run_compare
+
+            run_compare(cfg, args.out, args.resume)
         elif args.command == "eval":
             protocols = ("knn", "linear") if args.protocol == "all" else (args.protocol,)
             print(json.dumps(pipeline.run_eval(cfg, args.out, args.model, protocols), indent=2))

@@ -201,6 +201,16 @@ class EvalConfig:
 
 
 @dataclass
+class CompareConfig:
+    """`bingo compare`: runs trained and evaluated alike, over several seeds."""
+
+    # run name -> {method: NAME (default: the run name), set: [dotted overrides]} (e.g. a variant of bingo)
+    runs: dict[str, Any] = field(default_factory=lambda: {"moco": {}, "bingo": {}})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    protocols: list[str] = field(default_factory=lambda: ["knn", "linear"])
+
+
+@dataclass
 class TrainerConfig:
     """How Lightning runs: devices, precision, logging."""
 
@@ -230,6 +240,7 @@ class Config:
     bags: BagsConfig = field(default_factory=BagsConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
 
 def preset_names() -> list[str]:
@@ -239,9 +250,9 @@ def preset_names() -> list[str]:
 
 
 def load_config(preset: str | None = None, file: str | None = None, overrides: list[str] = (),
-                stage: str | None = None) -> Config:
-    """Build a Config from defaults, then a preset, then a YAML file, then `key=value` overrides."""
-    tree = to_dict(Config())
+                stage: str | None = None, base: Config | None = None) -> Config:
+    """Build a Config from defaults (or `base`), then a preset, then a YAML file, then `key=value` overrides."""
+    tree = to_dict(base or Config())
     if preset:
         if preset not in preset_names():
             raise UserError(f"unknown preset '{preset}'; choose one of: {', '.join(preset_names())}")
@@ -303,7 +314,7 @@ def _merge(tree: dict, update: dict, origin: str, prefix: str = "") -> None:
         path = f"{prefix}{key}"
         if key not in tree:
             raise UserError(f"{origin}: unknown config key '{path}'{_suggest(path)}")
-        if isinstance(tree[key], dict):
+        if isinstance(tree[key], dict) and path not in _leaf_types():  # a section, not a dict-valued leaf
             if not isinstance(value, dict):
                 raise UserError(f"{origin}: '{path}' is a section; give it a mapping")
             _merge(tree[key], value, origin, f"{path}.")

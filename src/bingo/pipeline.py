@@ -179,7 +179,7 @@ def run_eval(cfg: Config, out: Path, model: str, protocols: tuple[str, ...] = ("
     """
     started = time.perf_counter()
     encoder = _eval_model(cfg, model)
-    datasets = _eval_datasets(cfg)  # a missing data set fails here, before the run folder exists
+    datasets = eval_datasets(cfg)  # a missing data set fails here, before the run folder exists
     prepare_run_folder(out, cfg, resume=False)
     result = evaluate(cfg, encoder, protocols, datasets)
     result |= {"model": model, "wall_time_s": round(time.perf_counter() - started, 1)}
@@ -193,7 +193,7 @@ def evaluate(cfg: Config, encoder: Encoder | None, protocols: tuple[str, ...] = 
 
     `datasets`: the (labeled train, test) pair, built from cfg.data when not given.
     """
-    bank, test = datasets or _eval_datasets(cfg)
+    bank, test = datasets or eval_datasets(cfg)
     if encoder is None:
         bank_x, test_x = pixel_features(bank, cfg.data), pixel_features(test, cfg.data)
     else:
@@ -242,7 +242,7 @@ def run_demo(cfg: Config, out: Path, resume: bool = False) -> dict:
                                  lambda d, c=method_cfg: run_distill(c, d, resume))
     rows = {}
     started = time.perf_counter()
-    datasets = _eval_datasets(cfg)
+    datasets = eval_datasets(cfg)
     models = {"raw pixels": lambda: None,
               "teacher, random weights, BN at init": lambda: _random_encoder(cfg, cfg.teacher, calibrated=False),
               "teacher, random weights": lambda: _random_encoder(cfg, cfg.teacher, calibrated=True),
@@ -295,7 +295,8 @@ def _load_teacher(cfg: Config) -> Encoder:
     return load_encoder(cfg.teacher.checkpoint, cfg.teacher, cfg.data)
 
 
-def _eval_datasets(cfg: Config) -> tuple[ImageDataset, ImageDataset]:
+def eval_datasets(cfg: Config) -> tuple[ImageDataset, ImageDataset]:
+    """The (labeled train, test) pair every evaluation uses."""
     return build_dataset(cfg.data, "labeled"), build_dataset(cfg.data, "test")
 
 
