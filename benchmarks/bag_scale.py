@@ -1,9 +1,10 @@
 """Bags at scale: time, peak memory and recall of kNN bags on generated clustered features.
 
 For each size, features are written by clustered_features.py (reused when present), then one
-child process builds the K = 5 bags with `bags.index=auto` (its peak resident memory is the
-child's maxrss), and recall@K is measured against exact search on sampled queries. Exact bags
-are built too where `--exact-max` allows, as the reference cost.
+child process builds the K = 5 bags with the approximate index `bags.index=auto` uses above
+200,000 images (its peak resident memory is the child's maxrss), and recall@K is measured
+against exact search on sampled queries. Exact bags are built too where `--exact-max` allows,
+as the reference cost.
 
     python benchmarks/bag_scale.py --sizes 10000 100000 1000000 1281167 --workdir /tmp/bench \
         --out docs/bag_scale.json
@@ -28,10 +29,10 @@ from clustered_features import write_clustered_features  # noqa: E402
 def build(path: Path, index: str, k: int, queries: int) -> dict:
     """In this process: bags of one features file, timed, and their recall on sampled queries."""
     from bingo.bags.knn import knn_bags, recall_at_k
-    from bingo.bags.search import auto_index
+    from bingo.bags.search import approximate_index
 
     features = np.load(path, mmap_mode="r")
-    factory = auto_index(*features.shape) if index == "auto" else index
+    factory = approximate_index(*features.shape) if index == "approximate" else index
     started = time.perf_counter()
     neighbours, _ = knn_bags(features, k, factory)
     seconds = time.perf_counter() - started
@@ -58,7 +59,8 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--queries", type=int, default=10_000, help="sampled queries for recall against exact")
     parser.add_argument("--exact-max", type=int, default=100_000, help="also build exact bags up to this size")
-    parser.add_argument("--index", default="auto", help="auto, exact or a faiss factory string")
+    parser.add_argument("--index", default="approximate",
+                        help="approximate (what auto picks at scale), exact, or a faiss factory string")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bingo-bench"))
     parser.add_argument("--out", type=Path)
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
@@ -73,7 +75,7 @@ def main() -> None:
         if not path.exists():
             write_clustered_features(path, size, args.dim, args.dtype)
         row = {"images": size, "dim": args.dim, "dtype": args.dtype, "k": args.k,
-               "approximate": run_child(path, "auto" if args.index == "auto" else args.index, args.k, args.queries)}
+               "approximate": run_child(path, args.index, args.k, args.queries)}
         if size <= args.exact_max:
             row["exact"] = run_child(path, "exact", args.k, 0)
         rows.append(row)

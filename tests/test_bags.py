@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bingo.bags.knn import bag_purity, knn_bags, recall_at_k
-from bingo.bags.search import auto_index, exact_search
+from bingo.bags.search import approximate_index, auto_index, exact_search
 
 
 def normalised(count: int, dim: int, seed: int) -> np.ndarray:
@@ -153,3 +153,11 @@ def test_exact_search_reads_a_memory_mapped_file_in_chunks(tmp_path, monkeypatch
     want = np.argsort(-(features[:20] @ features.astype(dtype).astype(np.float32).T), axis=1)[:, :4]
     np.testing.assert_array_equal(ids, want)
     assert sims.shape == (20, 4)
+
+
+def test_the_automatic_approximate_index_reaches_recall_with_its_defaults():
+    features = clustered(8000, 512, 40, seed=3)
+    factory = approximate_index(len(features), 512)
+    assert factory == "IVF256,PQ64x4fs,Refine(SQfp16)"
+    neighbours, _ = knn_bags(features, 5, factory, train_size=8000)  # default nprobe and refine factor
+    assert recall_at_k(features, neighbours, 1000) >= 0.95

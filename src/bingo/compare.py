@@ -63,8 +63,10 @@ def run_compare(cfg: Config, out: Path, resume: bool = False) -> dict:
             if not student.exists():
                 log.info("compare: training %s, seed %d", name, seed)
                 run_distill(seeded, folder, resume=(folder / "config.yaml").exists())
+            if not is_rank_zero():  # the other processes of a distributed job only help train
+                continue
             evaluation = folder / "eval" / "results.json"
-            if not evaluation.exists() and is_rank_zero():
+            if not evaluation.exists():
                 log.info("compare: evaluating %s, seed %d", name, seed)
                 started = time.perf_counter()
                 encoder = load_encoder(student, seeded.student, seeded.data)
@@ -75,17 +77,18 @@ def run_compare(cfg: Config, out: Path, resume: bool = False) -> dict:
             per_run.setdefault(name, {})[seed] = {
                 **flat_metrics(json.loads(evaluation.read_text())),
                 "train wall time (s)": json.loads((folder / "results.json").read_text()).get("wall_time_s")}
+    if not is_rank_zero():
+        return {}
     summary = {"runs": {name: {"method": configs[name].distill.method, "seeds": seeds,
                                "mean": _stat(seeds, np.mean), "std": _stat(seeds, _spread)}
                         for name, seeds in per_run.items()},
                "seeds": list(cfg.compare.seeds), "protocols": list(cfg.compare.protocols)}
     write_results(out, summary)
-    if is_rank_zero():
-        (out / "results.md").write_text(compare_table(summary) + "\n")
-        bar_chart(summary, out / "accuracy.png")
-        loss_curves({f"{name} seed {seed}": out / name / f"seed-{seed}" / "logs" / "metrics.csv"
-                     for name in per_run for seed in cfg.compare.seeds}, out / "losses.png")
-        print(compare_table(summary))
+    (out / "results.md").write_text(compare_table(summary) + "\n")
+    bar_chart(summary, out / "accuracy.png")
+    loss_curves({f"{name} seed {seed}": out / name / f"seed-{seed}" / "logs" / "metrics.csv"
+                 for name in per_run for seed in cfg.compare.seeds}, out / "losses.png")
+    print(compare_table(summary))
     return summary
 
 

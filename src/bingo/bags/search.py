@@ -36,14 +36,17 @@ def read_rows(features: np.ndarray, start: int, stop: int) -> np.ndarray:
 
 
 def auto_index(count: int, dim: int) -> str:
-    """The index `bags.index=auto` picks: exact search when affordable, else an inverted file.
+    """The index `bags.index=auto` picks: exact search when affordable, else `approximate_index`."""
+    return "exact" if count <= EXACT_LIMIT else approximate_index(count, dim)
+
+
+def approximate_index(count: int, dim: int) -> str:
+    """An inverted file sized for `count` images of `dim` dimensions (faiss factory string).
 
     Images go to their nearest list exactly (a flat quantizer: matrix products, fast on CPU). Above
     256 dimensions, it shortlists candidates by 4-bit product quantisation, then re-ranks the
     shortlist with the full features kept as float16; below, it compares full features directly.
     """
-    if count <= EXACT_LIMIT:
-        return "exact"
     lists = 2 ** round(math.log2(4 * math.sqrt(count)))
     if dim <= 256:
         return f"IVF{lists},Flat"
