@@ -74,7 +74,7 @@ def test_variants_from_a_config_file(tmp_path):
     file = tmp_path / "variants.yaml"
     file.write_text("compare:\n  runs:\n    bingo: {}\n    bingo-no-cutmix: {method: bingo, set: "
                     "[distill.bingo.cutmix=false, bingo.symmetric=false]}\n")
-    configs = run_configs(load_config("demo", str(file)))
+    configs = run_configs(load_config("demo", str(file), ["teacher.checkpoint=t.pth", "distill.bags=b.npz"]))
     assert list(configs) == ["bingo", "bingo-no-cutmix"]
     assert configs["bingo"].distill.bingo.cutmix and configs["bingo"].distill.bingo.symmetric
     variant = configs["bingo-no-cutmix"].distill
@@ -86,9 +86,12 @@ def test_variants_from_a_config_file(tmp_path):
     ("{nope: {}}", "compare.runs.nope: unknown method 'nope'"),
     ("{x: {method: moco, lr: 1}}", "compare.runs.x has unknown keys ['lr']"),
     ("{}", "nothing to compare"),
+    ("{seed: {}}", "compare.runs.seed (seed) distils from a teacher: pass --teacher FILE"),
+    ("{b: {method: bingo, set: [bingo.keys=momentum]}}", "compare.runs.b (bingo) needs bags: pass --bags FILE"),
 ])
 def test_bad_run_specs_are_refused(runs, message):
-    with pytest.raises(UserError, match=message.replace("[", "\\[").replace("]", "\\]")):
+    with pytest.raises(UserError, match=message.replace("[", "\\[").replace("]", "\\]").replace("(", "\\(")
+                       .replace(")", "\\)")):
         run_configs(load_config("demo", None, [f"compare.runs={runs}"]))
 
 

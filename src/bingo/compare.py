@@ -18,7 +18,7 @@ import numpy as np
 
 from bingo.config import Config, load_config
 from bingo.errors import UserError
-from bingo.methods import METHODS
+from bingo.methods import METHODS, needs_teacher
 from bingo.models.checkpoints import atomic_write, load_encoder
 from bingo.training import is_rank_zero, prepare_run_folder, write_results
 
@@ -40,6 +40,10 @@ def run_configs(cfg: Config) -> dict[str, Config]:
             raise UserError(f"compare.runs.{name}: unknown method '{method}'; choose one of: {', '.join(METHODS)}")
         run = load_config(None, None, [f"distill.method={method}", *spec.get("set", [])], stage="distill",
                           base=copy.deepcopy(cfg))
+        if needs_teacher(run) and not run.teacher.checkpoint:
+            raise UserError(f"compare.runs.{name} ({method}) distils from a teacher: pass --teacher FILE")
+        if method == "bingo" and not run.distill.bags:
+            raise UserError(f"compare.runs.{name} (bingo) needs bags: pass --bags FILE (built by 'bingo bags')")
         if "csv" not in run.trainer.loggers:
             run.trainer.loggers = [*run.trainer.loggers, "csv"]  # the loss curves come from the CSV logs
         configs[name] = run

@@ -7,6 +7,7 @@ anchor's positive is drawn uniformly from its bag, never the anchor itself.
 
 from __future__ import annotations
 
+import abc
 import json
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from bingo.models.checkpoints import atomic_write
 BAG_FORMAT = "bingo-bags/2"
 
 
-class Bags:
+class Bags(abc.ABC):
     """Every image's bag; `positive(a)` draws a bag member of anchor `a` (torch's RNG, seeded per worker)."""
 
     arrays: tuple[str, ...] = ()
@@ -30,21 +31,21 @@ class Bags:
     def __len__(self) -> int:
         return len(getattr(self, self.arrays[0]))
 
+    @abc.abstractmethod
     def positive(self, anchor: int) -> int:
         """One member of `anchor`'s bag, drawn uniformly."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def members(self, anchor: int) -> np.ndarray:
         """All members of `anchor`'s bag, the anchor excluded."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def usage(self) -> np.ndarray:
         """(N,) expected number of times each image is drawn as a positive in one epoch."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def purity(self, labels: np.ndarray) -> float | None:
         """Share of bag members carrying their anchor's label (mean over anchors); None without labels."""
-        raise NotImplementedError
 
 
 class NeighbourBags(Bags):
