@@ -200,3 +200,24 @@ def test_a_teacher_method_without_a_teacher_is_refused(tmp_path, capsys, bingo_l
     assert capsys.readouterr().err.startswith("bingo: error: no teacher given")
     assert main(["distill", *tiny_sets(), "--method", "nope", "--out", str(tmp_path / "run")]) == 2
     assert "unknown method 'nope'; choose one of: moco, seed, compress-1q" in capsys.readouterr().err
+
+
+def test_every_method_starts_from_the_same_student_for_a_seed(chain, monkeypatch):
+    from bingo import pipeline
+    from conftest import tiny_config
+
+    starts = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(cfg, student, teacher, run_info):
+        starts[cfg.distill.method] = {k: v.clone() for k, v in student.state_dict().items()}
+        raise Stop
+
+    monkeypatch.setattr(pipeline, "build_method", capture)
+    for method in ("moco", "seed", "bingo"):
+        cfg = tiny_config(f"distill.method={method}", f"teacher.checkpoint={chain.teacher}", "seed=3")
+        with pytest.raises(Stop):
+            pipeline.run_distill(cfg, chain.root / "unused")
+    assert all(torch.equal(starts["moco"][k], starts[m][k]) for m in ("seed", "bingo") for k in starts["moco"])

@@ -150,11 +150,12 @@ def run_distill(cfg: Config, out: Path, resume: bool = False) -> Path:
         raise UserError(f"unknown method '{name}'; choose one of: {', '.join(METHODS)}")
     data = build_dataset(cfg.data, "train")
     run_info = {"dataset": data.identity, "method": name}
+    student = Encoder(cfg.student, cfg.data.channels)  # first: the same seed gives every method the same start
     teacher = None
     if needs_teacher(cfg):
         teacher = _load_teacher(cfg)
         run_info["teacher"] = file_digest(Path(cfg.teacher.checkpoint))
-    module = build_method(cfg, Encoder(cfg.student, cfg.data.channels), teacher, run_info)
+    module = build_method(cfg, student, teacher, run_info)
     transform = moco_v2_transform(cfg.data, cfg.augment)
     if module.views == "bags":
         if not cfg.distill.bags:
