@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="override a config value, e.g. --set optim.lr=0.06 (repeatable)")
         sub.add_argument("--out", required=True, type=Path, help="run folder (config, logs, checkpoints, results)")
-        sub.add_argument("--seed", type=int, help="random seed (makes a CPU run repeatable)")
+        if name != "compare":  # compare takes --seeds, one run per seed
+            sub.add_argument("--seed", type=int, help="random seed (makes a CPU run repeatable)")
         if name in ("pretrain", "distill", "compare", "demo"):
             sub.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
         if name in ("embed", "bags", "distill", "compare"):

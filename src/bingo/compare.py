@@ -12,6 +12,7 @@ import csv
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +112,7 @@ def _spread(values: list[float]) -> float:
     return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
-def _stat(seeds: dict[int, dict], reduce: object) -> dict[str, float]:
+def _stat(seeds: dict[int, dict], reduce: Callable[[list[float]], float]) -> dict[str, float]:
     names = [k for k in next(iter(seeds.values())) if all(seeds[s].get(k) is not None for s in seeds)]
     return {k: round(float(reduce([seeds[s][k] for s in seeds])), 3) for k in names}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bingo.bags.search import QUERY_CHUNK, build_index, exact_search, read_rows, set_search_effort
+from bingo.bags.search import QUERY_CHUNK, build_index, exact_search, read_rows
 
 
 def knn_bags(features: np.ndarray, k: int, index: str = "exact", anchors: np.ndarray | None = None,
@@ -25,8 +25,7 @@ def knn_bags(features: np.ndarray, k: int, index: str = "exact", anchors: np.nda
     if index == "exact":
         search = lambda queries: exact_search(features, queries, k + 1)  # noqa: E731
     else:
-        built = build_index(features, index, train_size, seed, progress)
-        set_search_effort(built, nprobe, refine_factor)
+        built = build_index(features, index, train_size, seed, nprobe, refine_factor, progress)
         search = lambda queries: built.search(queries, k + 1)  # noqa: E731
     chunk = chunk or (QUERY_CHUNK if index == "exact" else QUERY_CHUNK // 8)
     neighbours = np.empty((len(anchors), k), np.int64)

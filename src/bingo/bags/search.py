@@ -71,9 +71,12 @@ def exact_search(features: np.ndarray, queries: np.ndarray, k: int, progress: bo
     return heap.D, heap.I
 
 
-def build_index(features: np.ndarray, factory: str, train_size: int, seed: int, progress: bool = False
-                ) -> faiss.Index:
-    """A trained faiss index (inner product) holding every row of `features`."""
+def build_index(features: np.ndarray, factory: str, train_size: int, seed: int, nprobe: int = 16,
+                refine_factor: float = 10.0, progress: bool = False) -> faiss.Index:
+    """A trained faiss index (inner product) holding every row of `features`, its search effort set.
+
+    The effort is set before adding, because an HNSW coarse quantizer also routes added vectors.
+    """
     count, dim = features.shape
     try:
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
@@ -85,9 +88,7 @@ def build_index(features: np.ndarray, factory: str, train_size: int, seed: int, 
         if ivf is not None:  # faiss warns below 39 training images per list; bags.train_size says how many
             ivf.cp.min_points_per_centroid = 1
         index.train(np.ascontiguousarray(features[sample], dtype=np.float32))
-    ivf = _inverted_file(index)
-    if ivf is not None:
-        _set_quantizer_effort(ivf, 0)
+    set_search_effort(index, nprobe, refine_factor)
     for start in tqdm(range(0, count, BASE_CHUNK), desc="index", leave=False, disable=not progress):
         index.add(read_rows(features, start, min(count, start + BASE_CHUNK)))
     return index
