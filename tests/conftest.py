@@ -43,7 +43,8 @@ TINY = [
     "distill.optim.epochs=1", f"distill.optim.batch_size={BATCH}", f"distill.bingo.queue_size={QUEUE}",
     "distill.bingo.warmup_epochs=1", "distill.moco.queue_size=64",
     "bags.k=3", "embed.batch_size=64",
-    "eval.knn_k=[3,10]", "eval.linear_epochs=2", "eval.linear_batch_size=64", "eval.batch_size=64",
+    "eval.knn_k=[3,10]", "eval.linear.epochs=2", "eval.linear.batch_size=64", "eval.batch_size=64",
+    "eval.semi.epochs=1", "eval.semi.batch_size=32", "eval.semi.fractions=[0.1,0.5]", "monitor.every_n_epochs=0",
 ]
 
 
@@ -113,7 +114,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Chain:
     check_ok(run_cli("distill", *tiny_sets(), "--method", "bingo", "--teacher", teacher, "--bags", bags,
                      "--out", root / "bingo"))
     check_ok(run_cli("distill", *tiny_sets(), "--method", "moco", "--out", root / "moco"))
-    check_ok(run_cli("eval", "all", *tiny_sets(), "--model", root / "bingo" / "student.safetensors",
+    check_ok(run_cli("eval", "knn", "linear", *tiny_sets(), "--model", root / "bingo" / "student.safetensors",
                      "--out", root / "eval"))
     return Chain(root, teacher, bags, root / "bingo", root / "moco", root / "eval")
 

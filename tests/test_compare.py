@@ -14,7 +14,7 @@ from conftest import read_json, tiny_sets
 
 
 def compare_args(chain, out, *extra: str) -> list[str]:
-    return ["compare", *tiny_sets("trainer.limit_train_batches=2", "eval.linear_epochs=1"), *extra,
+    return ["compare", *tiny_sets("trainer.limit_train_batches=2", "eval.linear.epochs=1"), *extra,
             "--teacher", str(chain.teacher), "--bags", str(chain.bags), "--out", str(out)]
 
 

@@ -9,7 +9,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from bingo.config import Config, load_config, preset_names
+from bingo.config import PROTOCOLS, Config, load_config, preset_names
 from bingo.errors import UserError
 
 STAGES = ("pretrain", "embed", "bags", "distill", "eval", "compare", "demo")
@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     helps = {"pretrain": "pretrain a MoCo-v2 teacher",
              "embed": "write a network's L2-normalised backbone features of a data set to a .npy file",
              "bags": "build every image's bag (kNN, k-means, labels, random or student features), with a report",
-             "distill": "train a student with a distillation method", "eval": "evaluate a model's frozen features",
+             "distill": "train a student with a distillation method",
+             "eval": "evaluate a model: kNN, linear, semi-supervised fine-tuning, transfer (method.md §3)",
              "compare": "train and evaluate several methods alike over seeds: one table, one chart",
              "demo": "the whole chain on Fashion-MNIST, with a results table"}
     for name in STAGES:
@@ -55,11 +56,25 @@ def build_parser() -> argparse.ArgumentParser:
                              help="methods to compare (variants: compare.runs in a --config file)")
             sub.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="seeds of every run (default 0 1 2)")
         if name == "eval":
-            sub.add_argument("protocol", choices=("knn", "linear", "all"), help="evaluation protocol")
+            sub.add_argument("protocols", nargs="+", choices=(*PROTOCOLS, "all"), metavar="PROTOCOL",
+                             help=f"one or more of {', '.join(PROTOCOLS)}, or all")
             sub.add_argument("--model", required=True,
                              help="encoder file, 'pixels' (raw pixels), 'random' (student with random weights, "
                                   "BatchNorm statistics estimated on the data) or 'random-init' (BatchNorm at init)")
+    plot = commands.add_parser("plot", help="draw loss curves, monitor accuracy, lr, alignment and throughput "
+                                            "of training runs into PNG files")
+    plot.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="pretrain or distill run folders")
+    plot.add_argument("--out", required=True, type=Path, help="folder for losses.png, monitor.png, training.png")
     return parser
+
+
+def run_labels(folders: list[Path]) -> dict[str, Path]:
+    """A distinct label per run folder: its name, or as much of its path as tells it apart."""
+    for depth in range(1, max(len(f.parts) for f in folders) + 1):
+        labels = ["/".join(f.parts[-depth:]) for f in folders]
+        if len(set(labels)) == len(labels):
+            return dict(zip(labels, folders, strict=True))
+    raise UserError("the same run folder is named twice")
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
@@ -96,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `bingo` command."""
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "plot":
+            from bingo.plots import plot_runs
+
+            for path in plot_runs(run_labels(args.runs), args.out):
+                print(path)
+            return 0
         cfg = resolve_config(args)
         from bingo import pipeline  # heavy imports only once the command line is valid
 
@@ -114,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
             run_compare(cfg, args.out, args.resume)
         elif args.command == "eval":
-            protocols = ("knn", "linear") if args.protocol == "all" else (args.protocol,)
+            protocols = PROTOCOLS if "all" in args.protocols else tuple(dict.fromkeys(args.protocols))
             print(json.dumps(pipeline.run_eval(cfg, args.out, args.model, protocols), indent=2))
         else:
             pipeline.run_demo(cfg, args.out, args.resume)

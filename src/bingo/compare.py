@@ -2,25 +2,26 @@
 
 Each (run, seed) trains in its own folder, `OUT/NAME/seed-S`, and is evaluated into
 `OUT/NAME/seed-S/eval`. Finished runs and evaluations are reused; an interrupted one resumes from
-its last checkpoint. The summary is `results.json`, `results.md`, `accuracy.png` and `losses.png`.
+its last checkpoint. The summary is `results.json`, `results.md`, `accuracy.png`, and the training
+curves of `bingo plot` (`losses.png`, `training.png`, and `monitor.png` when the monitor ran).
 """
 
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from bingo.config import Config, load_config
+from bingo.config import PROTOCOLS, Config, load_config
 from bingo.errors import UserError
 from bingo.methods import METHODS, needs_teacher
-from bingo.models.checkpoints import atomic_write, load_encoder
+from bingo.models.checkpoints import load_encoder
+from bingo.plots import plot_runs, pyplot, save_figure
+from bingo.report import flat_metrics
 from bingo.training import is_rank_zero, prepare_run_folder, write_results
 
 log = logging.getLogger("bingo")
@@ -53,10 +54,15 @@ def run_configs(cfg: Config) -> dict[str, Config]:
 
 def run_compare(cfg: Config, out: Path, resume: bool = False) -> dict:
     """Train and evaluate every run for every seed (reusing finished ones), then summarise."""
-    from bingo.pipeline import STUDENT_FILE, eval_datasets, evaluate, run_distill
+    from bingo.pipeline import STUDENT_FILE, eval_datasets, evaluate_into, run_distill, transfer_datasets
 
     configs = run_configs(cfg)  # a bad run spec fails before anything is written
+    protocols = tuple(cfg.compare.protocols)
+    unknown = [p for p in protocols if p not in PROTOCOLS]
+    if unknown:
+        raise UserError(f"compare.protocols: unknown protocol {', '.join(unknown)}; choose from {', '.join(PROTOCOLS)}")
     datasets = eval_datasets(cfg)
+    transfer = transfer_datasets(cfg) if "transfer" in protocols else None
     prepare_run_folder(out, cfg, resume)
     per_run: dict[str, dict[int, dict]] = {}
     for name, run in configs.items():
@@ -73,14 +79,11 @@ def run_compare(cfg: Config, out: Path, resume: bool = False) -> dict:
             evaluation = folder / "eval" / "results.json"
             if not evaluation.exists():
                 log.info("compare: evaluating %s, seed %d", name, seed)
-                started = time.perf_counter()
                 encoder = load_encoder(student, seeded.student, seeded.data)
-                result = evaluate(seeded, encoder, tuple(cfg.compare.protocols), datasets)
-                result["wall_time_s"] = round(time.perf_counter() - started, 1)
-                evaluation.parent.mkdir(exist_ok=True)
-                atomic_write(evaluation, lambda tmp, r=result: Path(tmp).write_text(json.dumps(r, indent=2)))
+                evaluate_into(seeded, encoder, f"{name} seed {seed}", protocols, evaluation.parent, datasets, transfer)
+            (row,) = json.loads(evaluation.read_text())["rows"].values()
             per_run.setdefault(name, {})[seed] = {
-                **flat_metrics(json.loads(evaluation.read_text())),
+                **flat_metrics(row),
                 "train wall time (s)": json.loads((folder / "results.json").read_text()).get("wall_time_s")}
     if not is_rank_zero():
         return {}
@@ -91,20 +94,10 @@ def run_compare(cfg: Config, out: Path, resume: bool = False) -> dict:
     write_results(out, summary)
     (out / "results.md").write_text(compare_table(summary) + "\n")
     bar_chart(summary, out / "accuracy.png")
-    loss_curves({f"{name} seed {seed}": out / name / f"seed-{seed}" / "logs" / "metrics.csv"
-                 for name in per_run for seed in cfg.compare.seeds}, out / "losses.png")
+    plot_runs({f"{name} seed {seed}": out / name / f"seed-{seed}" for name in per_run for seed in cfg.compare.seeds},
+              out)
     print(compare_table(summary))
     return summary
-
-
-def flat_metrics(result: dict) -> dict[str, float]:
-    """An evaluation's accuracies as {"kNN@10 top-1": 71.2, "linear top-1": ...} (%)."""
-    metrics = {}
-    for k, accuracy in result.get("knn", {}).items():
-        metrics |= {f"kNN@{k} top-1": accuracy["top1"], f"kNN@{k} top-5": accuracy["top5"]}
-    for name, value in result.get("linear", {}).items():
-        metrics[f"linear {name.replace('top', 'top-')}"] = value
-    return metrics
 
 
 def _spread(values: list[float]) -> float:
@@ -130,7 +123,7 @@ def compare_table(summary: dict) -> str:
 
 def bar_chart(summary: dict, path: Path) -> None:
     """One group of bars per top-1 accuracy, one bar per run, error bars of one standard deviation."""
-    plt = _pyplot()
+    plt = pyplot()
     runs = list(summary["runs"])
     metrics = [k for k in summary["runs"][runs[0]]["mean"] if "top-1" in k]
     width = 0.8 / len(runs)
@@ -145,38 +138,4 @@ def bar_chart(summary: dict, path: Path) -> None:
     axis.set_ylim(max(0, low - 10), None)
     axis.legend(fontsize=8, ncols=min(4, len(runs)))
     axis.set_title(f"mean ± std over {len(summary['seeds'])} seed(s)", fontsize=9)
-    _save(figure, path)
-
-
-def loss_curves(logs: dict[str, Path], path: Path) -> None:
-    """Training loss per step of every run on one figure (from their CSV logs)."""
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(7, 4))
-    for label, log_file in logs.items():
-        steps, losses = [], []
-        if log_file.exists():
-            with open(log_file) as f:
-                for row in csv.DictReader(f):
-                    if row.get("train/loss_step"):
-                        steps.append(int(row["step"]))
-                        losses.append(float(row["train/loss_step"]))
-        axis.plot(steps, losses, label=label, linewidth=1)
-    axis.set_xlabel("step")
-    axis.set_ylabel("training loss (each method's own)")
-    axis.legend(fontsize=7)
-    _save(figure, path)
-
-
-def _pyplot() -> object:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(figure: object, path: Path) -> None:
-    figure.tight_layout()
-    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
-    _pyplot().close(figure)
+    save_figure(figure, path)

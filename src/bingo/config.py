@@ -21,6 +21,8 @@ import yaml
 
 from bingo.errors import UserError
 
+PROTOCOLS = ("knn", "linear", "semi", "transfer")  # the evaluation protocols of method.md §3
+
 
 @dataclass
 class DataConfig:
@@ -189,15 +191,62 @@ class DistillConfig:
 
 
 @dataclass
-class EvalConfig:
-    """`bingo eval`: kNN and linear probe on frozen backbone features."""
+class LinearEvalConfig:
+    """The linear protocol: one linear layer on the frozen backbone (method.md §3)."""
 
-    knn_k: list[int] = field(default_factory=lambda: [10, 200])
+    variant: str = "paper"  # paper: augmented images through the frozen backbone | fast: pre-extracted features
+    epochs: int = 100
+    batch_size: int = 256
+    lr: float = 0.0  # per 256 images; 0: the protocol's default (paper: 30 for ResNets, 3 otherwise; fast: 0.1)
+    weight_decay: float = 0.0
+
+
+@dataclass
+class SemiConfig:
+    """The semi-supervised protocol: fine-tune the whole student on a class-balanced share of the labels."""
+
+    fractions: list[float] = field(default_factory=lambda: [0.01, 0.1])
+    subsets: str = ""  # subsets.json of an earlier evaluation: fine-tune on exactly those images
+    seed: int = 0  # draws the subsets; not the run's seed, so every model is fine-tuned on the same images
+    epochs: int = 20
+    batch_size: int = 256
+    lr_backbone: float = 0.005  # per 256 images
+    lr_head: float = 0.5  # per 256 images
+    weight_decay: float = 0.0
+
+
+@dataclass
+class TransferConfig:
+    """The transfer protocol: the linear protocol on another data set, resized to the model's input."""
+
+    name: str = "cifar10"  # cifar10 | cifar100 | stl10 | fashion-mnist | imagefolder
+    root: str = "data"
+    train_subset: int = 0
+    test_subset: int = 0
+    download: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """`bingo eval`: the protocols of method.md §3 on a frozen (or, for semi, fine-tuned) backbone."""
+
+    knn_k: list[int] = field(default_factory=lambda: [10, 20, 200])
     knn_temperature: float = 0.07
-    linear_epochs: int = 100
-    linear_batch_size: int = 256
-    linear_lr: float = 0.1  # on standardised pre-extracted features
     batch_size: int = 256  # feature extraction batch
+    linear: LinearEvalConfig = field(default_factory=LinearEvalConfig)
+    semi: SemiConfig = field(default_factory=SemiConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+
+
+@dataclass
+class MonitorConfig:
+    """Online kNN accuracy of the network being trained, on held-out images, logged with the losses."""
+
+    every_n_epochs: int = 0  # 0: off
+    k: int = 20
+    temperature: float = 0.07
+    bank_size: int = 10000  # labeled training images the kNN votes come from (a seeded sample)
+    queries: int = 2000  # test images classified (a seeded sample)
 
 
 @dataclass
@@ -207,7 +256,7 @@ class CompareConfig:
     # run name -> {method: NAME (default: the run name), set: [dotted overrides]} (e.g. a variant of bingo)
     runs: dict[str, Any] = field(default_factory=lambda: {"moco": {}, "bingo": {}})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    protocols: list[str] = field(default_factory=lambda: ["knn", "linear"])
+    protocols: list[str] = field(default_factory=lambda: ["knn", "linear"])  # any of knn linear semi transfer
 
 
 @dataclass
@@ -240,6 +289,7 @@ class Config:
     bags: BagsConfig = field(default_factory=BagsConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
 
 

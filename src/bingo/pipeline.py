@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import time
@@ -24,13 +25,14 @@ from bingo.bags.files import check_bags, load_bags, save_bags
 from bingo.bags.knn import bag_purity, knn_bags
 from bingo.bags.report import bag_report, write_montage
 from bingo.bags.strategies import FEATURE_STRATEGIES, check_request, make_bags
-from bingo.config import Config, ModelConfig
+from bingo.config import PROTOCOLS, Config, ModelConfig
 from bingo.data.datasets import ImageDataset, build_dataset
 from bingo.data.transforms import moco_v2_transform
 from bingo.data.views import BagViews, Views
 from bingo.errors import UserError
 from bingo.eval.knn import knn_accuracy
-from bingo.eval.linear import linear_probe_accuracy
+from bingo.eval.linear import linear_eval
+from bingo.eval.semi import semi_supervised
 from bingo.methods import METHODS, MoCo, build_method, needs_teacher
 from bingo.methods.base import Method
 from bingo.models.backbones import count_parameters
@@ -173,43 +175,82 @@ def run_distill(cfg: Config, out: Path, resume: bool = False) -> Path:
 
 
 def run_eval(cfg: Config, out: Path, model: str, protocols: tuple[str, ...] = ("knn", "linear")) -> dict:
-    """Evaluate a model file, raw pixels (`pixels`) or the student with random weights.
+    """Evaluate a model file, raw pixels (`pixels`) or the student with random weights by `protocols`.
 
     `random`: BatchNorm statistics estimated on the training data, like a trained network's;
     `random-init`: BatchNorm at its initial mean 0 / variance 1.
     """
-    started = time.perf_counter()
+    unknown = [p for p in protocols if p not in PROTOCOLS]
+    if unknown:
+        raise UserError(f"unknown protocol {', '.join(unknown)}; choose from {', '.join(PROTOCOLS)}")
     encoder = _eval_model(cfg, model)
     datasets = eval_datasets(cfg)  # a missing data set fails here, before the run folder exists
+    transfer = transfer_datasets(cfg) if "transfer" in protocols else None
     prepare_run_folder(out, cfg, resume=False)
-    result = evaluate(cfg, encoder, protocols, datasets)
-    result |= {"model": model, "wall_time_s": round(time.perf_counter() - started, 1)}
-    write_results(out, result)
-    return result
+    return evaluate_into(cfg, encoder, model, protocols, out, datasets, transfer)
 
 
-def evaluate(cfg: Config, encoder: Encoder | None, protocols: tuple[str, ...] = ("knn", "linear"),
-             datasets: tuple[ImageDataset, ImageDataset] | None = None) -> dict:
-    """kNN and linear-probe accuracy (%) of an encoder's frozen features (raw pixels when None).
+def evaluate_into(cfg: Config, encoder: Encoder | None, label: str, protocols: tuple[str, ...], out: Path,
+                  datasets: tuple[ImageDataset, ImageDataset] | None = None,
+                  transfer: tuple[ImageDataset, ImageDataset] | None = None) -> dict:
+    """Evaluate one model and write results.json and results.md (one row, named `label`) into `out`."""
+    started = time.perf_counter()
+    row = evaluate(cfg, encoder, protocols, out, datasets, transfer)
+    results = {"rows": {label: row}, "protocols": list(protocols), "seed": cfg.seed, "wall_time_s": _since(started),
+               "peak_memory": peak_memory_mib()}
+    write_results(out, results)
+    if is_rank_zero():
+        write_report(out, results, f"bingo eval: {label} on {cfg.data.name}")
+    return results
 
-    `datasets`: the (labeled train, test) pair, built from cfg.data when not given.
+
+def evaluate(cfg: Config, encoder: Encoder | None, protocols: tuple[str, ...], out: Path,
+             datasets: tuple[ImageDataset, ImageDataset] | None = None,
+             transfer: tuple[ImageDataset, ImageDataset] | None = None) -> dict:
+    """One model's result row: accuracies (%) by each protocol of method.md §3 (raw pixels when `encoder` is None).
+
+    `datasets`: the (labeled train, test) pair and `transfer` the transfer pair, built from cfg when
+    not given; the protocols' logs and the semi-supervised subsets go into `out`.
     """
+    L.seed_everything(cfg.seed, verbose=False)
     bank, test = datasets or eval_datasets(cfg)
-    if encoder is None:
-        bank_x, test_x = pixel_features(bank, cfg.data), pixel_features(test, cfg.data)
-    else:
-        bank_x, test_x = (extract_features(encoder, split, cfg.data, cfg.eval.batch_size,
-                                           progress=cfg.trainer.progress_bar) for split in (bank, test))
-    anchors = np.random.default_rng(0).permutation(len(bank_x))[:PURITY_SAMPLE]  # exact, on a sample at scale
-    result = {"params": None if encoder is None else count_parameters(encoder.backbone),
-              "bag_purity": bag_purity(knn_bags(bank_x, 5, anchors=anchors)[0], bank.labels, anchors)}
+    result = {"params": None if encoder is None else count_parameters(encoder.backbone)}
+    fast_linear = cfg.eval.linear.variant == "fast"
+    features = None
+    if "knn" in protocols or ("linear" in protocols and fast_linear):
+        features = frozen_features(cfg, encoder, bank), frozen_features(cfg, encoder, test)
+        anchors = np.random.default_rng(0).permutation(len(bank))[:PURITY_SAMPLE]  # exact, on a sample at scale
+        result["bag_purity"] = bag_purity(knn_bags(features[0], 5, anchors=anchors)[0], bank.labels, anchors)
     if "knn" in protocols:
-        knn = knn_accuracy(bank_x, bank.labels, test_x, test.labels, cfg.eval.knn_k, cfg.eval.knn_temperature)
+        knn = knn_accuracy(features[0], bank.labels, features[1], test.labels, cfg.eval.knn_k,
+                           cfg.eval.knn_temperature)
         result["knn"] = {str(k): v for k, v in knn.items()}
     if "linear" in protocols:
-        result["linear"] = linear_probe_accuracy(bank_x, bank.labels, test_x, test.labels, cfg.eval.linear_epochs,
-                                                 cfg.eval.linear_lr, cfg.eval.linear_batch_size, cfg.seed)
+        result["linear"] = linear_eval(cfg, encoder, bank, test, out / "linear", features)
+    if "semi" in protocols:
+        result["semi"] = semi_supervised(cfg, encoder, bank, test, out)
+    if "transfer" in protocols:
+        train_t, test_t = transfer or transfer_datasets(cfg)
+        transfer_features = (frozen_features(cfg, encoder, train_t), frozen_features(cfg, encoder, test_t)) \
+            if fast_linear else None
+        result["transfer"] = {cfg.eval.transfer.name: linear_eval(cfg, encoder, train_t, test_t, out / "transfer",
+                                                                  transfer_features)}
     return result
+
+
+def frozen_features(cfg: Config, encoder: Encoder | None, dataset: ImageDataset) -> np.ndarray:
+    """(N, D) L2-normalised backbone features of the evaluation crops (raw pixels when `encoder` is None)."""
+    if encoder is None:
+        return pixel_features(dataset, cfg.data)
+    return extract_features(encoder, dataset, cfg.data, cfg.eval.batch_size, progress=cfg.trainer.progress_bar)
+
+
+def transfer_datasets(cfg: Config) -> tuple[ImageDataset, ImageDataset]:
+    """The transfer data set (cfg.eval.transfer), its images brought to the model's size, channels and normalisation."""
+    target = cfg.eval.transfer
+    data = dataclasses.replace(cfg.data, name=target.name, root=target.root, train_subset=target.train_subset,
+                               test_subset=target.test_subset, download=target.download)
+    return build_dataset(data, "labeled"), build_dataset(data, "test")
 
 
 def run_demo(cfg: Config, out: Path, resume: bool = False) -> dict:
@@ -254,12 +295,15 @@ def run_demo(cfg: Config, out: Path, resume: bool = False) -> dict:
               "student, BINGO": lambda: load_encoder(students["bingo"], cfg.student, cfg.data)}
     for name, build in models.items():
         log.info("evaluate %s ...", name)
-        rows[name] = evaluate(cfg, build(), datasets=datasets)
+        rows[name] = evaluate(cfg, build(), ("knn", "linear"), out / "eval" / _slug(name), datasets)
     timings["evaluate"] = round(time.perf_counter() - started, 1)
     results = {"rows": rows, "stage_wall_time_s": timings, "peak_memory": peak_memory_mib(),
                "bags": _read_json(out / "bags" / "results.json"), "seed": cfg.seed}
     write_results(out, results)
-    print(write_report(out, results, cfg))
+    times = " | ".join(f"{name}: {seconds:.0f} s" for name, seconds in timings.items())
+    title = (f"bingo demo: {cfg.data.name}, teacher {cfg.teacher.arch} (width {cfg.teacher.width}), "
+             f"student {cfg.student.arch} (width {cfg.student.width}), seed {cfg.seed}")
+    print(write_report(out, results, title, [f"Wall time per stage: {times or 'all stages reused'}."]))
     return results
 
 
@@ -284,6 +328,11 @@ def _expected_bags(cfg: Config, teacher: str | None) -> dict:
     size = {"clusters": cfg.bags.clusters} if cfg.bags.strategy == "kmeans" else \
         {} if cfg.bags.strategy == "labels" else {"k": cfg.bags.k}
     return {"strategy": cfg.bags.strategy, **size, "teacher": teacher}
+
+
+def _slug(name: str) -> str:
+    """A folder name for a row label: 'student, MoCo-v2' -> 'student-moco-v2'."""
+    return "-".join("".join(c if c.isalnum() else " " for c in name.lower()).split())
 
 
 def _since(started: float) -> float:

@@ -5,16 +5,19 @@ from __future__ import annotations
 import hashlib
 import json
 import resource
+import time
+from collections import deque
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset
 
 from bingo.config import Config, OptimConfig, save_config
 from bingo.errors import UserError
+from bingo.eval.monitor import KnnMonitor
 from bingo.models.checkpoints import AtomicCheckpointIO, atomic_write
 
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
@@ -69,16 +72,47 @@ def peak_memory_mib() -> dict[str, float]:
     return {"main_mib": round(own, 1), "largest_child_mib": round(child, 1)}
 
 
-def make_trainer(cfg: Config, optim: OptimConfig, out: Path) -> L.Trainer:
-    """A Trainer with the configured devices, precision and loggers, checkpointing every epoch."""
+class Throughput(Callback):
+    """Training samples per second, all processes together, over the last `window` steps: train/images_per_s.
+
+    A sample is what the data set yields per index: an image with its views (a BINGO sample is an
+    anchor with a member of its bag). Measured between batch ends, so loading and waiting count.
+    """
+
+    def __init__(self, window: int):
+        self.steps: deque[tuple[float, int]] = deque(maxlen=max(1, window))  # (seconds, samples) per step
+        self.last: float | None = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Start timing afresh: the first batch of an epoch waits for the data loader to start."""
+        self.last = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: object, batch: tuple,
+                           batch_idx: int) -> None:
+        """Record this step and log the rate over the window."""
+        now = time.perf_counter()
+        if self.last is not None:
+            self.steps.append((now - self.last, len(batch[1]) * trainer.world_size))  # batch: (views, labels, ...)
+            seconds, samples = map(sum, zip(*self.steps, strict=True))
+            pl_module.log("train/images_per_s", samples / seconds, on_step=True, on_epoch=True,
+                          batch_size=len(batch[1]))
+        self.last = now
+
+
+def make_trainer(cfg: Config, epochs: int, out: Path, callbacks: list | None = None,
+                 checkpoints: bool = True) -> L.Trainer:
+    """A Trainer with the configured devices, precision and loggers (into `out`), checkpointing every epoch."""
     run = cfg.trainer
     loggers = [_logger(name, out) for name in run.loggers]
-    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0)
-    return L.Trainer(max_epochs=optim.epochs, accelerator=run.accelerator, devices=run.devices,
+    callbacks = list(callbacks or [])
+    if checkpoints:
+        callbacks.append(ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0))
+    return L.Trainer(max_epochs=epochs, accelerator=run.accelerator, devices=run.devices,
                      num_nodes=run.num_nodes, strategy=run.strategy, precision=run.precision, logger=loggers,
-                     callbacks=[checkpoint], plugins=[AtomicCheckpointIO()], default_root_dir=out,
+                     callbacks=callbacks, plugins=[AtomicCheckpointIO()], default_root_dir=out,
                      log_every_n_steps=run.log_every_n_steps, enable_progress_bar=run.progress_bar,
-                     limit_train_batches=run.limit_train_batches, enable_model_summary=False)
+                     limit_train_batches=run.limit_train_batches, enable_model_summary=False,
+                     enable_checkpointing=checkpoints)
 
 
 def _logger(name: str, out: Path) -> object:
@@ -98,8 +132,14 @@ def _logger(name: str, out: Path) -> object:
 
 def fit(module: L.LightningModule, dataset: Dataset, cfg: Config, optim: OptimConfig, out: Path,
         resume: bool) -> L.Trainer:
-    """Train `module` on `dataset` for optim.epochs, resuming from the last checkpoint if asked."""
-    trainer = make_trainer(cfg, optim, out)
+    """Train `module` on `dataset` for optim.epochs, resuming from the last checkpoint if asked.
+
+    Logs throughput, and the online kNN monitor when cfg.monitor.every_n_epochs is set.
+    """
+    callbacks: list[Callback] = [Throughput(cfg.trainer.log_every_n_steps)]
+    if cfg.monitor.every_n_epochs > 0:
+        callbacks.append(KnnMonitor(cfg))
+    trainer = make_trainer(cfg, optim.epochs, out, callbacks)
     processes = trainer.world_size
     if optim.batch_size % processes:
         raise UserError(f"batch size {optim.batch_size} does not split over {processes} processes")

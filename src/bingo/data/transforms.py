@@ -1,4 +1,4 @@
-"""The MoCo-v2 augmentation and the evaluation transform, sized by the data config."""
+"""The MoCo-v2 augmentation, the supervised protocols' augmentation and the evaluation transform."""
 
 from __future__ import annotations
 
@@ -25,6 +25,11 @@ def moco_v2_transform(data: DataConfig, aug: AugmentConfig) -> Callable:
     if aug.flip:
         ops.append(T.RandomHorizontalFlip())
     return T.Compose(ops + _to_tensor(data))
+
+
+def linear_train_transform(data: DataConfig) -> Callable:
+    """The supervised protocols' training augmentation: random resized crop and horizontal flip."""
+    return T.Compose([T.RandomResizedCrop(data.image_size), T.RandomHorizontalFlip()] + _to_tensor(data))
 
 
 def eval_transform(data: DataConfig) -> Callable:

@@ -1,4 +1,4 @@
-"""Training and evaluation views of an ImageDataset: augmented pairs, bag quadruples, plain crops."""
+"""Training and evaluation views of an ImageDataset: augmented pairs, bag quadruples, labeled images."""
 
 from __future__ import annotations
 
@@ -45,3 +45,16 @@ class BagViews(Dataset):
         views = [self.transform(anchor_image), self.transform(anchor_image),
                  self.transform(positive_image), self.transform(positive_image)]
         return views, int(self.base.labels[index]), index, positive
+
+
+class Labeled(Dataset):
+    """Each image once through `transform`, with its label: (image, label), for supervised protocols."""
+
+    def __init__(self, base: ImageDataset, transform: Callable):
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.base.image(index)), int(self.base.labels[index])

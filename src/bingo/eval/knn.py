@@ -2,32 +2,29 @@
 
 from __future__ import annotations
 
-import faiss
 import numpy as np
 
+from bingo.bags.search import QUERY_CHUNK, exact_search
 
-def knn_accuracy(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray,
-                 test_labels: np.ndarray, ks: list[int], temperature: float = 0.07,
-                 chunk: int = 4096) -> dict[int, dict[str, float]]:
+
+def knn_accuracy(bank: np.ndarray, bank_labels: np.ndarray, queries: np.ndarray, query_labels: np.ndarray,
+                 ks: list[int], temperature: float = 0.07, chunk: int = QUERY_CHUNK) -> dict[int, dict[str, float]]:
     """Top-1 and top-5 accuracy (%) of temperature-weighted kNN votes, for each k in `ks`.
 
-    Each of a test image's k nearest training images (cosine similarity s) votes for its label
-    with weight exp(s / temperature). Features must be L2-normalised: (N, D) and (M, D).
+    Each of a query's k nearest bank images (cosine similarity s) votes for its label with weight
+    exp(s / temperature). Features are L2-normalised: bank (N, D), in memory or memory-mapped, and
+    queries (M, D); both are read in chunks, so an ImageNet-size bank needs one chunk of memory.
     """
-    index = faiss.IndexFlatIP(train_features.shape[1])
-    index.add(np.ascontiguousarray(train_features, dtype=np.float32))
-    classes = int(max(train_labels.max(), test_labels.max())) + 1
-    kmax = max(ks)
+    classes = int(max(bank_labels.max(), query_labels.max())) + 1
+    kmax = min(max(ks), len(bank))
     hits = {k: np.zeros(2) for k in ks}  # k -> [top-1 hits, top-5 hits]
-    for start in range(0, len(test_features), chunk):
-        queries = np.ascontiguousarray(test_features[start:start + chunk], dtype=np.float32)
-        sims, ids = index.search(queries, kmax)  # (n, kmax), nearest first
-        truth = test_labels[start:start + chunk, None]
+    for start in range(0, len(queries), chunk):
+        sims, ids = exact_search(bank, queries[start:start + chunk], kmax)  # (n, kmax), nearest first
+        truth = query_labels[start:start + chunk, None]
+        rows = np.arange(len(ids))[:, None]
         for k in ks:
-            votes = np.zeros((len(queries), classes))
-            np.add.at(votes, (np.arange(len(queries))[:, None], train_labels[ids[:, :k]]),
-                      np.exp(sims[:, :k] / temperature))
+            votes = np.zeros((len(ids), classes))
+            np.add.at(votes, (rows, bank_labels[ids[:, :k]]), np.exp(sims[:, :k] / temperature))
             ranked = np.argsort(-votes, axis=1, kind="stable")[:, :5]
             hits[k] += [(ranked[:, :1] == truth).any(1).sum(), (ranked == truth).any(1).sum()]
-    return {k: {"top1": 100 * h[0] / len(test_features), "top5": 100 * h[1] / len(test_features)}
-            for k, h in hits.items()}
+    return {k: {"top1": 100 * h[0] / len(queries), "top5": 100 * h[1] / len(queries)} for k, h in hits.items()}

@@ -1,57 +1,126 @@
-"""Linear probe on pre-extracted frozen features, trained with Lightning (SGD, cosine, no weight decay)."""
+"""A linear classifier on a backbone, trained with Lightning: the linear, semi-supervised and transfer protocols."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torchmetrics.classification import MulticlassAccuracy
 
-from bingo.methods.base import lr_factor
+from bingo.config import Config
+from bingo.data.datasets import ImageDataset
+from bingo.data.transforms import eval_transform, linear_train_transform
+from bingo.data.views import Labeled
+from bingo.errors import UserError
+from bingo.methods.base import freeze, lr_factor
+from bingo.models.encoder import Encoder
+from bingo.training import make_trainer
+
+LINEAR_VARIANTS = ("paper", "fast")
+FAST_LR = 0.1  # per 256 images, on standardised features
 
 
-class LinearProbe(L.LightningModule):
-    """One linear layer on standardised features; top-1/top-5 on a test set."""
+class Classifier(L.LightningModule):
+    """A linear layer on `backbone` ((B, C, H, W) -> (B, D)): frozen, or fine-tuned when `backbone_lr` > 0.
 
-    def __init__(self, dim: int, classes: int, lr: float, epochs: int):
+    Without a backbone the inputs are (B, D) features already. SGD momentum 0.9, cosine per step;
+    learning rates are per 256 images. Reports top-1 and top-5 accuracy (%) on the test set.
+    """
+
+    def __init__(self, backbone: nn.Module | None, dim: int, classes: int, head_lr: float, batch_size: int,
+                 backbone_lr: float = 0.0, weight_decay: float = 0.0):
         super().__init__()
+        self.backbone = backbone or nn.Identity()
+        self.fine_tune = backbone_lr > 0
+        if self.fine_tune:
+            self.backbone.requires_grad_(True).train()
+        else:
+            freeze(self.backbone)  # eval mode: BatchNorm keeps its running statistics
         self.classifier = nn.Linear(dim, classes)
-        self.lr, self.epochs = lr, epochs
+        scale = batch_size / 256
+        self.head_lr, self.backbone_lr, self.weight_decay = head_lr * scale, backbone_lr * scale, weight_decay
+        self.top1 = MulticlassAccuracy(classes, top_k=1, average="micro")
+        self.top5 = MulticlassAccuracy(classes, top_k=min(5, classes), average="micro")
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Class logits (B, classes)."""
+        with torch.set_grad_enabled(self.fine_tune and torch.is_grad_enabled()):
+            features = self.backbone(inputs)
+        return self.classifier(features)
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
-        """Cross-entropy of the linear classifier."""
-        features, labels = batch
-        loss = F.cross_entropy(self.classifier(features), labels)
-        self.log("probe/loss", loss, on_step=False, on_epoch=True)
+        """Cross-entropy of the classifier."""
+        inputs, labels = batch
+        loss = F.cross_entropy(self(inputs), labels)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=len(labels))
         return loss
 
+    def test_step(self, batch: tuple, batch_idx: int) -> None:
+        """Accumulate top-1 and top-5 hits."""
+        inputs, labels = batch
+        logits = self(inputs)
+        self.top1.update(logits, labels)
+        self.top5.update(logits, labels)
+        self.log_dict({"test/top1": self.top1, "test/top5": self.top5}, on_epoch=True, batch_size=len(labels))
+
     def configure_optimizers(self) -> dict:
-        """SGD momentum 0.9, no weight decay, cosine per step."""
-        optimizer = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+        """SGD momentum 0.9 on the head (and the backbone when fine-tuned), cosine per step."""
+        groups = [{"params": self.classifier.parameters(), "lr": self.head_lr}]
+        if self.fine_tune:
+            groups.append({"params": self.backbone.parameters(), "lr": self.backbone_lr})
+        optimizer = torch.optim.SGD(groups, momentum=0.9, weight_decay=self.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, 0, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
-def linear_probe_accuracy(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray,
-                          test_labels: np.ndarray, epochs: int, lr: float, batch_size: int,
-                          seed: int = 0) -> dict[str, float]:
-    """Top-1 and top-5 accuracy (%) of a linear classifier trained on frozen features."""
-    L.seed_everything(seed, verbose=False)
-    mean, std = train_features.mean(0), train_features.std(0) + 1e-6
-    train_x = torch.from_numpy((train_features - mean) / std).float()
-    test_x = torch.from_numpy((test_features - mean) / std).float()
-    classes = int(max(train_labels.max(), test_labels.max())) + 1
-    probe = LinearProbe(train_x.shape[1], classes, lr, epochs)
-    loader = DataLoader(TensorDataset(train_x, torch.from_numpy(train_labels)), batch_size=batch_size,
-                        shuffle=True, drop_last=False)
-    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(probe, loader)
-    with torch.no_grad():
-        ranked = probe.classifier(test_x).topk(min(5, classes), dim=1).indices.numpy()
-    truth = test_labels[:, None]
-    return {"top1": 100 * float((ranked[:, :1] == truth).any(1).mean()),
-            "top5": 100 * float((ranked == truth).any(1).mean())}
+def train_and_test(classifier: Classifier, train: Dataset, test: Dataset, cfg: Config, epochs: int,
+                   batch_size: int, out: Path) -> dict[str, float]:
+    """Fit `classifier` on `train` (losses logged into `out`), then its top-1 / top-5 accuracy (%) on `test`."""
+    trainer = make_trainer(cfg, epochs, out, checkpoints=False)
+    per_process = max(1, batch_size // trainer.world_size)
+    workers = cfg.data.num_workers
+    trainer.fit(classifier, DataLoader(train, batch_size=per_process, shuffle=True, num_workers=workers,
+                                       persistent_workers=workers > 0))
+    result = trainer.test(classifier, DataLoader(test, batch_size=per_process, num_workers=workers), verbose=False)
+    return {"top1": 100 * float(result[0]["test/top1"]), "top5": 100 * float(result[0]["test/top5"])}
+
+
+def paper_lr(arch: str) -> float:
+    """The linear protocol's learning rate per 256 images (method.md §3): 30 for ResNets, 3 for others."""
+    return 30.0 if arch.startswith("resnet") else 3.0
+
+
+def linear_eval(cfg: Config, encoder: Encoder | None, train: ImageDataset, test: ImageDataset, out: Path,
+                features: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float | str]:
+    """The linear protocol (cfg.eval.linear): top-1 and top-5 accuracy (%) of a linear layer on frozen features.
+
+    `paper`: augmented images through the frozen backbone, as method.md §3. `fast`: on `features`
+    (train, test), the L2-normalised backbone features of the evaluation crops, standardised.
+    """
+    linear = cfg.eval.linear
+    if linear.variant not in LINEAR_VARIANTS:
+        raise UserError(f"eval.linear.variant must be one of {', '.join(LINEAR_VARIANTS)}, not '{linear.variant}'")
+    classes = int(max(train.labels.max(), test.labels.max())) + 1
+    if linear.variant == "fast":
+        train_x, test_x = features
+        mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+        train_data, test_data = (TensorDataset(torch.from_numpy((x - mean) / std).float(), torch.from_numpy(y))
+                                 for x, y in ((train_x, train.labels), (test_x, test.labels)))
+        classifier = Classifier(None, train_x.shape[1], classes, linear.lr or FAST_LR, linear.batch_size,
+                                weight_decay=linear.weight_decay)
+    else:
+        if encoder is None:
+            raise UserError("raw pixels have no backbone for the paper's linear protocol; "
+                            "set eval.linear.variant=fast")
+        train_data = Labeled(train, linear_train_transform(cfg.data))
+        test_data = Labeled(test, eval_transform(cfg.data))
+        classifier = Classifier(encoder.backbone, encoder.feature_dim, classes, linear.lr or paper_lr(encoder.arch),
+                                linear.batch_size, weight_decay=linear.weight_decay)
+    result = train_and_test(classifier, train_data, test_data, cfg, linear.epochs, linear.batch_size, out)
+    return {**result, "variant": linear.variant}

@@ -73,6 +73,10 @@ class Method(L.LightningModule):
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
+    def logging_step(self) -> bool:
+        """True on the steps whose values Lightning writes to the loggers (every trainer.log_every_n_steps)."""
+        return self._trainer is not None and self._trainer._logger_connector.should_update_logs
+
     def log_terms(self, terms: dict[str, torch.Tensor], batch_size: int) -> None:
         """Log each loss term and metric under train/, the loss on the progress bar."""
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, on_step=True, on_epoch=True,
@@ -91,6 +95,11 @@ class Method(L.LightningModule):
             if key in stored and stored[key] != value:
                 raise UserError(f"cannot resume: the checkpoint was made with another {key} "
                                 f"({stored[key]} vs {value}); start a new run with another --out")
+
+
+def alignment(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean cosine between normalised student and teacher embeddings (B, D) of the same images."""
+    return (student.detach() * teacher).sum(1).mean()
 
 
 def require_same_dim(student_dim: int, teacher_dim: int, what: str, fix: str) -> None:

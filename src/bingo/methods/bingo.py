@@ -7,7 +7,7 @@ import torch
 from bingo.config import BingoConfig, OptimConfig
 from bingo.data.transforms import cutmix
 from bingo.errors import UserError
-from bingo.methods.base import Method, require_same_dim
+from bingo.methods.base import Method, alignment, require_same_dim
 from bingo.methods.losses import bingo_loss
 from bingo.methods.momentum import MomentumEncoder
 from bingo.methods.queue import KeyQueue
@@ -69,6 +69,8 @@ class Bingo(Method):
         terms = bingo_loss(anchor, positive, mixed, anchor_keys, positive_keys, self.queue.snapshot(),
                            cfg.temperature, lam_self, lam_other, lam_mix)
         self.queue.push(anchor_keys)
-        terms["alignment"] = (anchor.detach() * anchor_keys).sum(1).mean()
+        terms["key_alignment"] = alignment(anchor, anchor_keys)  # the keys come from another view
+        if self.teacher is not None and self.logging_step():  # an extra teacher pass, only when logged
+            terms["alignment"] = alignment(anchor, self.teacher_keys(anchor_query)[0])
         self.log_terms(terms, len(anchor))
         return terms["loss"]

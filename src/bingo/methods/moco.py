@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from bingo.config import MoCoConfig, OptimConfig
-from bingo.methods.base import Method
+from bingo.methods.base import Method, alignment
 from bingo.methods.losses import info_nce
 from bingo.methods.momentum import MomentumEncoder
 from bingo.methods.queue import KeyQueue
@@ -34,7 +34,7 @@ class MoCo(Method):
         keys = self.key_encoder(key_images)  # (B, D)
         loss = info_nce(queries, keys.unsqueeze(1), self.queue.snapshot(), self.moco.temperature).mean()
         self.queue.push(keys)
-        return {"moco": loss, "key_alignment": (queries.detach() * keys).sum(1).mean()}, queries
+        return {"moco": loss, "key_alignment": alignment(queries, keys)}, queries
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
         """One MoCo-v2 step on two views of each image."""

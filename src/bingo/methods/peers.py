@@ -10,17 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from bingo.config import CompressConfig, DiscoConfig, MoCoConfig, OptimConfig, SeedConfig, SimRegConfig
-from bingo.methods.base import Method, require_same_dim
+from bingo.methods.base import Method, alignment, require_same_dim
 from bingo.methods.losses import compress_loss, cosine_regression, seed_loss, squared_error
 from bingo.methods.moco import MoCo
 from bingo.methods.momentum import MomentumEncoder
 from bingo.methods.queue import KeyQueue
 from bingo.models.encoder import Encoder, projection_head
-
-
-def _alignment(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Mean cosine between student and teacher embeddings of the same views."""
-    return (student.detach() * teacher).sum(1).mean()
 
 
 class Seed(Method):
@@ -44,7 +39,7 @@ class Seed(Method):
         loss = seed_loss(student, teacher, self.queue.snapshot(), self.seed_cfg.student_temperature,
                          self.seed_cfg.teacher_temperature).mean()
         self.queue.push(teacher)
-        self.log_terms({"loss": loss, "alignment": _alignment(student, teacher)}, len(images))
+        self.log_terms({"loss": loss, "alignment": alignment(student, teacher)}, len(images))
         return loss
 
 
@@ -84,7 +79,10 @@ class Compress(Method):
         self.teacher_bank.push(teacher)
         if self.momentum_student is not None:
             self.student_bank.push(student_keys)
-        self.log_terms({"loss": loss}, len(images))
+        terms = {"loss": loss}
+        if student.shape[1] == teacher.shape[1]:  # CompRess-2q's student may live in a space of another size
+            terms["alignment"] = alignment(student, teacher)
+        self.log_terms(terms, len(images))
         return loss
 
 
@@ -107,7 +105,7 @@ class DisCo(MoCo):
         terms["distill"] = self.disco.weight * (squared_error(first_student, first_teacher)
                                                 + squared_error(second_student, second_teacher))
         terms["loss"] = terms["moco"] + terms["distill"]
-        terms["alignment"] = _alignment(first_student, first_teacher)
+        terms["alignment"] = alignment(first_student, first_teacher)
         self.log_terms(terms, len(first))
         return terms["loss"]
 

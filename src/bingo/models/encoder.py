@@ -21,6 +21,7 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig, in_channels: int):
         super().__init__()
+        self.arch = cfg.arch
         self.backbone, self.feature_dim = build_backbone(cfg, in_channels)
         self.head = projection_head(self.feature_dim, cfg.head_hidden, cfg.embed_dim, cfg.head_bn)
 
