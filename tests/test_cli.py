@@ -247,6 +247,34 @@ BAD_INPUTS = {
         lambda c, t: ("eval", "all", *tiny_sets("data.channels=1", "data.mean=[0.5]", "data.std=[0.25]"),
                       "--model", c.bingo / "student.safetensors", "--out", t / "out"),
         "was trained on 3-channel 16 px images but this run uses 1-channel 16 px ones"),
+    "student for another image size": (
+        lambda c, t: ("eval", "knn", *tiny_sets("data.image_size=24", "data.eval_resize=24"),
+                      "--model", c.bingo / "student.safetensors", "--out", t / "out"),
+        "was trained on 3-channel 16 px images but this run uses 3-channel 24 px ones"),
+    "unknown linear variant": (
+        lambda c, t: ("eval", "linear", *tiny_sets("eval.linear.variant=slow"), "--model", "random",
+                      "--out", t / "out"),
+        "eval.linear.variant must be one of paper, fast, not 'slow'"),
+    "pixels through the paper's linear protocol": (
+        lambda c, t: ("eval", "linear", *tiny_sets("eval.linear.variant=paper"), "--model", "pixels",
+                      "--out", t / "out"),
+        "raw pixels have no backbone for the paper's linear protocol"),
+    "pixels fine-tuned": (
+        lambda c, t: ("eval", "semi", *tiny_sets(), "--model", "pixels", "--out", t / "out"),
+        "raw pixels have no network to fine-tune"),
+    "label share out of range": (
+        lambda c, t: ("eval", "semi", *tiny_sets("eval.semi.fractions=[10]"), "--model", "random",
+                      "--out", t / "out"),
+        "eval.semi.fractions must be shares of the labels in (0, 1]"),
+    "subset file that is not one": (
+        lambda c, t: ("eval", "semi", *tiny_sets(f"eval.semi.subsets={c.bags}"), "--model", "random",
+                      "--out", t / "out"),
+        "is not a subset file"),
+    "missing transfer data set": (
+        lambda c, t: ("eval", "transfer", *tiny_sets("eval.transfer.name=cifar100", "eval.transfer.root=/nonexistent",
+                                                     "eval.transfer.download=false"),
+                      "--model", "random", "--out", t / "out"),
+        "data set 'cifar100' not found under /nonexistent"),
     "malicious teacher pickle": (
         lambda c, t: ("distill", *tiny_sets(), "--method", "bingo", "--teacher", _evil_checkpoint(t),
                       "--bags", c.bags, "--out", t / "out"),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bingo.config import PROTOCOLS, Config, load_config
+from bingo.config import Config, load_config
 from bingo.errors import UserError
 from bingo.methods import METHODS, needs_teacher
 from bingo.models.checkpoints import load_encoder
@@ -54,14 +54,19 @@ def run_configs(cfg: Config) -> dict[str, Config]:
 
 def run_compare(cfg: Config, out: Path, resume: bool = False) -> dict:
     """Train and evaluate every run for every seed (reusing finished ones), then summarise."""
-    from bingo.pipeline import STUDENT_FILE, eval_datasets, evaluate_into, run_distill, transfer_datasets
+    from bingo.pipeline import (
+        STUDENT_FILE,
+        check_protocols,
+        eval_datasets,
+        evaluate_into,
+        run_distill,
+        transfer_datasets,
+    )
 
     configs = run_configs(cfg)  # a bad run spec fails before anything is written
     protocols = tuple(cfg.compare.protocols)
-    unknown = [p for p in protocols if p not in PROTOCOLS]
-    if unknown:
-        raise UserError(f"compare.protocols: unknown protocol {', '.join(unknown)}; choose from {', '.join(PROTOCOLS)}")
     datasets = eval_datasets(cfg)
+    check_protocols(cfg, protocols, True, datasets[0])
     transfer = transfer_datasets(cfg) if "transfer" in protocols else None
     prepare_run_folder(out, cfg, resume)
     per_run: dict[str, dict[int, dict]] = {}

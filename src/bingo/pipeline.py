@@ -31,8 +31,8 @@ from bingo.data.transforms import moco_v2_transform
 from bingo.data.views import BagViews, Views
 from bingo.errors import UserError
 from bingo.eval.knn import knn_accuracy
-from bingo.eval.linear import linear_eval
-from bingo.eval.semi import semi_supervised
+from bingo.eval.linear import check_linear, linear_eval
+from bingo.eval.semi import check_semi, semi_supervised
 from bingo.methods import METHODS, MoCo, build_method, needs_teacher
 from bingo.methods.base import Method
 from bingo.models.backbones import count_parameters
@@ -180,14 +180,23 @@ def run_eval(cfg: Config, out: Path, model: str, protocols: tuple[str, ...] = ("
     `random`: BatchNorm statistics estimated on the training data, like a trained network's;
     `random-init`: BatchNorm at its initial mean 0 / variance 1.
     """
-    unknown = [p for p in protocols if p not in PROTOCOLS]
-    if unknown:
-        raise UserError(f"unknown protocol {', '.join(unknown)}; choose from {', '.join(PROTOCOLS)}")
     encoder = _eval_model(cfg, model)
-    datasets = eval_datasets(cfg)  # a missing data set fails here, before the run folder exists
+    datasets = eval_datasets(cfg)  # a missing data set or bad settings fail here, before the run folder exists
+    check_protocols(cfg, protocols, encoder is not None, datasets[0])
     transfer = transfer_datasets(cfg) if "transfer" in protocols else None
     prepare_run_folder(out, cfg, resume=False)
     return evaluate_into(cfg, encoder, model, protocols, out, datasets, transfer)
+
+
+def check_protocols(cfg: Config, protocols: tuple[str, ...], network: bool, train: ImageDataset) -> None:
+    """Refuse, before anything runs, protocols or settings that cannot run (`network`: False for raw pixels)."""
+    unknown = [p for p in protocols if p not in PROTOCOLS]
+    if unknown:
+        raise UserError(f"unknown protocol {', '.join(unknown)}; choose from {', '.join(PROTOCOLS)}")
+    if "linear" in protocols or "transfer" in protocols:
+        check_linear(cfg, network)
+    if "semi" in protocols:
+        check_semi(cfg, network, train)
 
 
 def evaluate_into(cfg: Config, encoder: Encoder | None, label: str, protocols: tuple[str, ...], out: Path,

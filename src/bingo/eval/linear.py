@@ -96,6 +96,15 @@ def paper_lr(arch: str) -> float:
     return 30.0 if arch.startswith("resnet") else 3.0
 
 
+def check_linear(cfg: Config, network: bool) -> None:
+    """Refuse linear settings that cannot run (for a network, or raw pixels when `network` is False)."""
+    variant = cfg.eval.linear.variant
+    if variant not in LINEAR_VARIANTS:
+        raise UserError(f"eval.linear.variant must be one of {', '.join(LINEAR_VARIANTS)}, not '{variant}'")
+    if variant == "paper" and not network:
+        raise UserError("raw pixels have no backbone for the paper's linear protocol; set eval.linear.variant=fast")
+
+
 def linear_eval(cfg: Config, encoder: Encoder | None, train: ImageDataset, test: ImageDataset, out: Path,
                 features: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float | str]:
     """The linear protocol (cfg.eval.linear): top-1 and top-5 accuracy (%) of a linear layer on frozen features.
@@ -103,9 +112,8 @@ def linear_eval(cfg: Config, encoder: Encoder | None, train: ImageDataset, test:
     `paper`: augmented images through the frozen backbone, as method.md §3. `fast`: on `features`
     (train, test), the L2-normalised backbone features of the evaluation crops, standardised.
     """
+    check_linear(cfg, encoder is not None)
     linear = cfg.eval.linear
-    if linear.variant not in LINEAR_VARIANTS:
-        raise UserError(f"eval.linear.variant must be one of {', '.join(LINEAR_VARIANTS)}, not '{linear.variant}'")
     classes = int(max(train.labels.max(), test.labels.max())) + 1
     if linear.variant == "fast":
         train_x, test_x = features
@@ -115,9 +123,6 @@ def linear_eval(cfg: Config, encoder: Encoder | None, train: ImageDataset, test:
         classifier = Classifier(None, train_x.shape[1], classes, linear.lr or FAST_LR, linear.batch_size,
                                 weight_decay=linear.weight_decay)
     else:
-        if encoder is None:
-            raise UserError("raw pixels have no backbone for the paper's linear protocol; "
-                            "set eval.linear.variant=fast")
         train_data = Labeled(train, linear_train_transform(cfg.data))
         test_data = Labeled(test, eval_transform(cfg.data))
         classifier = Classifier(encoder.backbone, encoder.feature_dim, classes, linear.lr or paper_lr(encoder.arch),

@@ -48,11 +48,8 @@ def label_subsets(cfg: Config, train: ImageDataset, out: Path) -> dict[str, np.n
     semi = cfg.eval.semi
     names = [fraction_name(f) for f in semi.fractions]
     if semi.subsets:
+        check_semi(cfg, True, train)
         stored = _read_subsets(Path(semi.subsets), train.identity)
-        missing = [name for name in names if name not in stored["subsets"]]
-        if missing:
-            raise UserError(f"{semi.subsets} has no subset for {', '.join(missing)} of the labels (it has "
-                            f"{', '.join(stored['subsets'])}); set eval.semi.fractions to match")
         subsets = {name: np.asarray(stored["subsets"][name], dtype=np.int64) for name in names}
         seed = stored["seed"]
     else:
@@ -70,8 +67,8 @@ def _read_subsets(path: Path, dataset: dict) -> dict:
         raise UserError(f"subset file {path} does not exist; pass the subsets.json of an earlier 'bingo eval semi'")
     try:
         stored = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path} is not a subset file (invalid JSON: {err})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not a subset file (not JSON: {err})") from None
     if not isinstance(stored, dict) or stored.get("format") != SUBSETS_FORMAT:
         raise UserError(f"{path} is not a subset file ({SUBSETS_FORMAT}); pass the subsets.json of 'bingo eval semi'")
     if stored["dataset"] != dataset:
@@ -80,11 +77,26 @@ def _read_subsets(path: Path, dataset: dict) -> dict:
     return stored
 
 
+def check_semi(cfg: Config, network: bool, train: ImageDataset) -> None:
+    """Refuse semi-supervised settings that cannot run: no network to fine-tune, unusable subsets, bad shares."""
+    if not network:
+        raise UserError("raw pixels have no network to fine-tune; the semi-supervised protocol needs a model file")
+    bad = [f for f in cfg.eval.semi.fractions if not 0 < f <= 1]
+    if bad or not cfg.eval.semi.fractions:
+        raise UserError(f"eval.semi.fractions must be shares of the labels in (0, 1], e.g. [0.01, 0.1]; got "
+                        f"{cfg.eval.semi.fractions}")
+    if cfg.eval.semi.subsets:
+        stored = _read_subsets(Path(cfg.eval.semi.subsets), train.identity)
+        missing = [fraction_name(f) for f in cfg.eval.semi.fractions if fraction_name(f) not in stored["subsets"]]
+        if missing:
+            raise UserError(f"{cfg.eval.semi.subsets} has no subset for {', '.join(missing)} of the labels (it has "
+                            f"{', '.join(stored['subsets'])}); set eval.semi.fractions to match")
+
+
 def semi_supervised(cfg: Config, encoder: Encoder, train: ImageDataset, test: ImageDataset,
                     out: Path) -> dict[str, dict[str, float]]:
     """Top-1 and top-5 accuracy (%) after fine-tuning a copy of the whole backbone plus a linear layer, per share."""
-    if encoder is None:
-        raise UserError("raw pixels have no network to fine-tune; the semi-supervised protocol needs --model")
+    check_semi(cfg, encoder is not None, train)
     semi = cfg.eval.semi
     classes = int(max(train.labels.max(), test.labels.max())) + 1
     results = {}
