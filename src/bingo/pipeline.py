@@ -259,7 +259,11 @@ def transfer_datasets(cfg: Config) -> tuple[ImageDataset, ImageDataset]:
     target = cfg.eval.transfer
     data = dataclasses.replace(cfg.data, name=target.name, root=target.root, train_subset=target.train_subset,
                                test_subset=target.test_subset, download=target.download)
-    return build_dataset(data, "labeled"), build_dataset(data, "test")
+    try:
+        return build_dataset(data, "labeled"), build_dataset(data, "test")
+    except UserError as err:
+        raise UserError(f"transfer data set: {err} (for transfer the keys are eval.transfer.root and "
+                        "eval.transfer.download)") from None
 
 
 def run_demo(cfg: Config, out: Path, resume: bool = False) -> dict:
