@@ -1,4 +1,7 @@
-"""Encoder files: bingo's safetensors, MoCo v2 checkpoints, refusals (wrong input format, missing keys, pickles)."""
+"""Encoder files: bingo's safetensors, MoCo v2 checkpoints, refusals (wrong input format, missing keys, pickles).
+
+Every other layout (MoCo v1/v3, SwAV, DINO, BYOL, SimCLR, torchvision, timm) is in test_layouts.py.
+"""
 
 from __future__ import annotations
 
@@ -96,8 +99,13 @@ def test_moco_v2_checkpoint_with_missing_key_is_refused(tmp_path, moco_encoder):
 def test_checkpoint_for_another_architecture_is_refused(tmp_path, moco_encoder):
     path = tmp_path / "moco.pth.tar"
     torch.save(moco_v2_checkpoint(moco_encoder), path)
-    with pytest.raises(UserError, match="does not fit the configured architecture.*of another shape"):
-        load_encoder(path, ModelConfig(arch="resnet18", width=64, stem="cifar", embed_dim=64), DataConfig())
+    # The head is read off the checkpoint (2048-2048-128), whatever the config says of it ...
+    loaded = load_encoder(path, ModelConfig(arch="resnet18", stem="cifar", head_hidden=32, embed_dim=64), DataConfig())
+    assert (loaded.head[0].out_features, loaded.embed_dim) == (2048, 128)
+    # ... but the backbone must be the configured one.
+    with pytest.raises(UserError, match=r"\(moco layout\) does not fit the configured architecture \(resnet18 of "
+                                        r"width 32\).*of another shape: backbone\.bn1\."):
+        load_encoder(path, ModelConfig(arch="resnet18", width=32, stem="cifar"), DataConfig())
     with pytest.raises(UserError, match=r"keys \d+ missing: backbone\.layer1\.2\."):
         load_encoder(path, ModelConfig(arch="resnet34", width=64, stem="cifar"), DataConfig())
 
@@ -130,11 +138,11 @@ def test_other_bad_files(tmp_path):
         load_encoder(garbage, tiny_model_config(), data)
     plain = tmp_path / "plain.pth"
     torch.save(tiny_encoder().state_dict(), plain)  # a plain state dict: not a layout bingo knows
-    with pytest.raises(UserError, match="neither a bingo encoder nor a MoCo v1/v2 checkpoint"):
+    with pytest.raises(UserError, match="plain.pth is in no checkpoint layout bingo knows"):
         load_encoder(plain, tiny_model_config(), data)
     foreign = tmp_path / "foreign.safetensors"
     save_file({"x": torch.zeros(2)}, str(foreign))
-    with pytest.raises(UserError, match="neither a bingo encoder"):
+    with pytest.raises(UserError, match="foreign.safetensors is in no checkpoint layout bingo knows"):
         load_encoder(foreign, tiny_model_config(), data)
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")

@@ -38,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("pretrain", "distill", "compare", "demo"):
             sub.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
         if name in ("embed", "bags", "distill", "compare"):
-            sub.add_argument("--teacher", help="teacher encoder file (teacher.safetensors or a MoCo v1/v2 checkpoint)")
+            sub.add_argument("--teacher", help="teacher checkpoint: teacher.safetensors, MoCo v1/v2/v3, SwAV, SimCLR, "
+                                               "DINO, BYOL, torchvision or timm weights (docs/models.md)")
+            sub.add_argument("--layout", help="the teacher checkpoint's layout when detection is not wanted: "
+                                              "bingo, moco, mocov3, swav, dino, byol, simclr, torchvision, timm")
         if name == "embed":
             sub.add_argument("--model", help="a student-architecture network instead of the teacher: encoder file, "
                                              "'random' or 'random-init'")
@@ -65,6 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
                                             "of training runs into PNG files")
     plot.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="pretrain or distill run folders")
     plot.add_argument("--out", required=True, type=Path, help="folder for losses.png, monitor.png, training.png")
+    export = commands.add_parser("export", help="a student's backbone for torchvision, timm, detectron2 and ONNX, "
+                                                "checked against bingo, with a deployment card")
+    export.add_argument("--model", required=True, type=Path, help="bingo encoder file (student.safetensors)")
+    export.add_argument("--out", required=True, type=Path, help="folder for the exported files and the card")
+    export.add_argument("--formats", nargs="*", metavar="FORMAT",
+                        help="torchvision timm detectron2 onnx (default: every format the model fits; none: the card)")
+    export.add_argument("--evals", nargs="+", type=Path, default=[], metavar="DIR",
+                        help="'bingo eval' folders of this model: their accuracies go into the card")
+    export.add_argument("--teacher", type=Path, help="the teacher's encoder file, measured beside the student")
+    export.add_argument("--teacher-evals", nargs="+", type=Path, default=[], metavar="DIR",
+                        help="'bingo eval' folders of the teacher")
+    export.add_argument("--latency-repeats", type=int, default=50, help="timed runs at batch 1 (median reported)")
+    export.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
     return parser
 
 
@@ -80,8 +96,8 @@ def run_labels(folders: list[Path]) -> dict[str, Path]:
 def resolve_config(args: argparse.Namespace) -> Config:
     """The run's config: preset, YAML file, --set overrides, then the dedicated flags."""
     overrides = list(args.overrides)
-    flags = {"seed": "seed", "teacher": "teacher.checkpoint", "method": "distill.method", "bags": "distill.bags",
-             "strategy": "bags.strategy", "features": "bags.features"}
+    flags = {"seed": "seed", "teacher": "teacher.checkpoint", "layout": "teacher.layout", "method": "distill.method",
+             "bags": "distill.bags", "strategy": "bags.strategy", "features": "bags.features"}
     if args.command == "bags" and args.model is not None:
         overrides.append(f"student.checkpoint={args.model}")
     if getattr(args, "methods", None):
@@ -116,6 +132,13 @@ def main(argv: list[str] | None = None) -> int:
 
             for path in plot_runs(run_labels(args.runs), args.out):
                 print(path)
+            return 0
+        if args.command == "export":
+            from bingo.models.export import export
+
+            export(args.model, args.out, args.formats, args.evals, args.teacher, args.teacher_evals,
+                   args.latency_repeats, args.overwrite)
+            print((args.out / "card.md").read_text())
             return 0
         cfg = resolve_config(args)
         from bingo import pipeline  # heavy imports only once the command line is valid

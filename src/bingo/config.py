@@ -60,13 +60,17 @@ class AugmentConfig:
 class ModelConfig:
     """A backbone plus its projection head."""
 
-    arch: str = "resnet18"  # torchvision ResNet name, or any timm model name
-    width: int = 64  # ResNet width of the first stage (64 is the standard); others are built with timm
+    arch: str = "resnet18"  # torchvision ResNet name (or resnet50w2/w4/w5, SwAV's), or any timm model name
+    width: int = 64  # ResNet width: stem and first stage (64 standard; SwAV's RN50w2 is 128), every stage scaled
+    stem_width: int = 0  # channels of a ResNet's stem; 0: `width` (bingo files older than this field have 64)
     stem: str = "imagenet"  # imagenet (7x7/2 conv + max-pool) | cifar (3x3/1 conv, no pool) | small (3x3/2, no pool)
-    head_hidden: int = 2048  # hidden width of the projection MLP
+    head_hidden: int = 2048  # hidden width of the projection MLP; 0: a single linear layer (MoCo v1)
     head_bn: bool = False  # BatchNorm after the head's hidden layer (MoCo-v2 has none)
-    embed_dim: int = 128
+    head_bias: bool = True  # biases in the head's linear layers (MoCo v3 has none)
+    head_out_bn: bool = False  # a BatchNorm without affine parameters on the embedding (MoCo v3)
+    embed_dim: int = 128  # 0: no projection head (a backbone only)
     checkpoint: str = ""  # weights to load (required for a teacher)
+    layout: str = "auto"  # the checkpoint's layout: auto (detected) | bingo | moco | mocov3 | swav | ... (layouts.py)
 
 
 @dataclass

@@ -22,8 +22,11 @@ class Method(L.LightningModule):
     Teacher BatchNorm: `eval` uses the running statistics (deterministic keys); `train` uses batch
     statistics with shuffle-BN as the official BINGO code does, the running statistics untouched.
     `run_info` (data set, bags, teacher identity) is stored in every checkpoint and must match
-    when a run is resumed.
+    when a run is resumed. A method that distils the teacher's embeddings sets `uses_teacher_embeddings`
+    and refuses a teacher without projection head.
     """
+
+    uses_teacher_embeddings = False
 
     def __init__(self, student: Encoder, optim: OptimConfig, teacher: Encoder | None = None,
                  teacher_bn: str = "eval", shuffle_bn_splits: int = 1, run_info: dict | None = None):
@@ -33,6 +36,11 @@ class Method(L.LightningModule):
         self.student, self.optim, self.teacher = student, optim, teacher
         self.teacher_bn, self.shuffle_bn_splits = teacher_bn, shuffle_bn_splits
         self.run_info = run_info or {}
+        if teacher is not None and teacher.head is None and self.uses_teacher_embeddings:
+            raise UserError(f"the teacher has no projection head (its checkpoint holds a backbone only), so "
+                            f"{type(self).__name__.lower()} cannot distil its embeddings; compress-1q, compress-2q "
+                            "and simreg can (they use the teacher's backbone features), and so can bingo with "
+                            "distill.bingo.keys=momentum (no teacher keys; its bags come from backbone features)")
         if teacher is not None:
             freeze(teacher, batch_statistics=teacher_bn == "train")
             if teacher_bn == "train":

@@ -22,6 +22,7 @@ class Bingo(Method):
     """
 
     views = "bags"
+    uses_teacher_embeddings = True
 
     def __init__(self, student: Encoder, teacher: Encoder | None, optim: OptimConfig, bingo: BingoConfig,
                  shuffle_bn_splits: int = 1, run_info: dict | None = None, teacher_bn: str = "eval"):
@@ -29,9 +30,9 @@ class Bingo(Method):
             raise UserError(f"distill.bingo.keys must be 'teacher' or 'momentum', not '{bingo.keys}'")
         momentum = bingo.keys == "momentum"
         super().__init__(student, optim, None if momentum else teacher, teacher_bn, shuffle_bn_splits, run_info)
-        dim = student.head[-1].out_features
+        dim = student.embed_dim
         if not momentum:
-            require_same_dim(dim, teacher.head[-1].out_features, "embedding", "student.embed_dim")
+            require_same_dim(dim, teacher.embed_dim, "embedding", "student.embed_dim")
         self.bingo = bingo
         self.key_encoder = MomentumEncoder(student, bingo.key_momentum, shuffle_bn_splits) if momentum else None
         self.queue = KeyQueue(bingo.queue_size, dim)

@@ -22,7 +22,7 @@ class MoCo(Method):
         super().__init__(student, optim, teacher, teacher_bn, moco.shuffle_bn_splits, run_info)
         self.moco = moco
         self.key_encoder = MomentumEncoder(student, moco.momentum, moco.shuffle_bn_splits)
-        self.queue = KeyQueue(moco.queue_size, student.head[-1].out_features)
+        self.queue = KeyQueue(moco.queue_size, student.embed_dim)
 
     def moco_terms(self, query_images: torch.Tensor, key_images: torch.Tensor) -> tuple[dict, torch.Tensor]:
         """MoCo-v2's InfoNCE of the student's queries against momentum keys; the queue moves on.

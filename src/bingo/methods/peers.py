@@ -22,12 +22,13 @@ class Seed(Method):
     """SEED: one view; the student matches the teacher's similarity distribution over a teacher queue."""
 
     views = 1
+    uses_teacher_embeddings = True
 
     def __init__(self, student: Encoder, teacher: Encoder, optim: OptimConfig, seed: SeedConfig,
                  teacher_bn: str = "eval", shuffle_bn_splits: int = 1, run_info: dict | None = None):
         super().__init__(student, optim, teacher, teacher_bn, shuffle_bn_splits, run_info)
-        dim = teacher.head[-1].out_features
-        require_same_dim(student.head[-1].out_features, dim, "embedding", "student.embed_dim")
+        dim = teacher.embed_dim
+        require_same_dim(student.embed_dim, dim, "embedding", "student.embed_dim")
         self.seed_cfg = seed
         self.queue = KeyQueue(seed.queue_size, dim)
 
@@ -55,7 +56,7 @@ class Compress(Method):
     def __init__(self, student: Encoder, teacher: Encoder, optim: OptimConfig, compress: CompressConfig,
                  banks: int, teacher_bn: str = "eval", shuffle_bn_splits: int = 1, run_info: dict | None = None):
         super().__init__(student, optim, teacher, teacher_bn, shuffle_bn_splits, run_info)
-        student_dim = student.head[-1].out_features
+        student_dim = student.embed_dim
         if banks == 1:
             require_same_dim(student_dim, teacher.feature_dim, "backbone feature", "student.embed_dim")
         self.compress = compress
@@ -89,11 +90,12 @@ class Compress(Method):
 class DisCo(MoCo):
     """DisCo: MoCo-v2 on the student, plus squared error between its and the teacher's embeddings of both views."""
 
+    uses_teacher_embeddings = True
+
     def __init__(self, student: Encoder, teacher: Encoder, optim: OptimConfig, moco: MoCoConfig, disco: DiscoConfig,
                  teacher_bn: str = "eval", run_info: dict | None = None):
         super().__init__(student, optim, moco, run_info, teacher, teacher_bn)
-        require_same_dim(student.head[-1].out_features, teacher.head[-1].out_features, "embedding",
-                         "student.embed_dim")
+        require_same_dim(student.embed_dim, teacher.embed_dim, "embedding", "student.embed_dim")
         self.disco = disco
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:

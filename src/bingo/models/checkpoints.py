@@ -1,4 +1,4 @@
-"""Encoder files in and out: bingo's safetensors layout, MoCo v1/v2 checkpoints, atomic Lightning saves.
+"""Encoder files in and out: bingo's safetensors, the other projects' checkpoints (layouts.py), atomic saves.
 
 Checkpoints are untrusted input: they load through safetensors or `torch.load(weights_only=True)`,
 and a file that would need arbitrary code to unpickle is refused.
@@ -6,6 +6,8 @@ and a file that would need arbitrary code to unpickle is refused.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import os
 import pickle
@@ -20,6 +22,7 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from bingo.config import DataConfig, ModelConfig
 from bingo.errors import UserError
+from bingo.models import layouts
 from bingo.models.encoder import Encoder
 
 ENCODER_FORMAT = "bingo-encoder/1"
@@ -42,7 +45,7 @@ def atomic_write(path: Path, write: Any) -> None:
 
 def save_encoder(encoder: Encoder, model: ModelConfig, data: DataConfig, path: Path) -> None:
     """Write an encoder's weights with the architecture and input format it needs (safetensors)."""
-    arch = {k: v for k, v in vars(model).items() if k != "checkpoint"}
+    arch = {k: v for k, v in vars(model).items() if k not in ("checkpoint", "layout")}
     meta = {"format": ENCODER_FORMAT, "model": json.dumps(arch),
             "data": json.dumps({k: getattr(data, k) for k in DATA_KEYS})}
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
@@ -60,23 +63,44 @@ def encoder_info(path: Path) -> tuple[ModelConfig, dict] | None:
         raise UserError(f"cannot read {path}: {err}") from None
     if meta.get("format") != ENCODER_FORMAT:
         return None
-    return ModelConfig(**json.loads(meta["model"]), checkpoint=str(path)), json.loads(meta["data"])
+    arch = {"stem_width": 64, **json.loads(meta["model"])}  # files older than stem_width had a 64-channel stem
+    return ModelConfig(**arch, checkpoint=str(path)), json.loads(meta["data"])
+
+
+def detect_layout(state_or_file: str | Path | dict) -> str:
+    """The layout of a checkpoint file or of a loaded checkpoint: `bingo` or a name of layouts.LAYOUTS."""
+    if isinstance(state_or_file, dict):
+        return layouts.detect(state_or_file, "the checkpoint")
+    path = Path(state_or_file)
+    return "bingo" if encoder_info(path) is not None else layouts.detect(_read_checkpoint(path), str(path))
 
 
 def load_encoder(path: str | Path, model: ModelConfig, data: DataConfig) -> Encoder:
-    """An Encoder with the weights of `path`; bingo files bring their own architecture."""
+    """An Encoder with the weights of `path`, in the layout `model.layout` (auto: detected).
+
+    bingo files bring their own architecture; other layouts are built as `model` says, with the
+    projection head the checkpoint holds (shape read off its tensors) or none.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     info = encoder_info(path)
+    if model.layout != "auto" and (model.layout == "bingo") != (info is not None):
+        what = "a bingo encoder file" if info else "not a bingo encoder file"
+        raise UserError(f"{path} is {what}, but the layout is set to '{model.layout}'; set it to auto")
     if info is not None:
         model, trained_on = info
         _check_input_format(path, trained_on, data)
-        state = load_file(str(path))
+        name, state = "bingo", load_file(str(path))
     else:
-        state = _encoder_state_from_foreign(path)
+        checkpoint = _read_checkpoint(path)
+        name = layouts.detect(checkpoint, str(path)) if model.layout == "auto" else model.layout
+        state = layouts.convert(checkpoint, name, str(path))
+        model = dataclasses.replace(model, **layouts.head_spec(state, str(path)))
     encoder = Encoder(model, data.channels)
-    _load_strict(encoder, state, path)
+    width = f" of width {model.width}" if model.width != 64 else ""
+    _load_strict(encoder, state, f"{path} ({name} layout) does not fit the configured architecture "
+                                 f"({model.arch}{width})")
     return encoder
 
 
@@ -88,9 +112,15 @@ def _check_input_format(path: Path, trained_on: dict, data: DataConfig) -> None:
                         f"{want[0]}-channel {want[1]} px ones; set data.channels/data.image_size to match")
 
 
+def _read_checkpoint(path: Path) -> Any:
+    """A foreign checkpoint as loaded: a safetensors file's tensors, or a torch file read with weights_only."""
+    return load_file(str(path)) if path.suffix == ".safetensors" else _torch_load(path)
+
+
 def _torch_load(path: Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals([argparse.Namespace]):  # DINO and timm keep their arguments
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise UserError(f"{path} needs arbitrary code to unpickle and was refused; "
                         "convert it to a plain state dict or safetensors") from None
@@ -98,24 +128,7 @@ def _torch_load(path: Path) -> Any:
         raise UserError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
 
 
-def _encoder_state_from_foreign(path: Path) -> dict[str, torch.Tensor]:
-    """Encoder state dict from a MoCo v1/v2 checkpoint (query encoder, fc.0/fc.2 head)."""
-    raw = load_file(str(path)) if path.suffix == ".safetensors" else _torch_load(path)
-    state = raw.get("state_dict", raw) if isinstance(raw, dict) else None
-    prefix = "module.encoder_q."
-    if not isinstance(state, dict) or not any(k.startswith(prefix) for k in state):
-        raise UserError(f"{path} is neither a bingo encoder nor a MoCo v1/v2 checkpoint "
-                        "(no 'module.encoder_q.' keys)")
-    encoder_state = {}
-    for key, value in state.items():
-        if key.startswith(prefix):
-            key = key[len(prefix):]
-            head = key.startswith("fc.")
-            encoder_state[("head." + key[3:]) if head else ("backbone." + key)] = value
-    return encoder_state
-
-
-def _load_strict(encoder: Encoder, state: dict[str, torch.Tensor], path: Path) -> None:
+def _load_strict(encoder: Encoder, state: dict[str, torch.Tensor], refusal: str) -> None:
     own = encoder.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -125,7 +138,7 @@ def _load_strict(encoder: Encoder, state: dict[str, torch.Tensor], path: Path) -
             return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
         parts = [f"{len(keys)} {what}: {few(keys)}" for what, keys in
                  (("missing", missing), ("unexpected", unexpected), ("of another shape", mismatched)) if keys]
-        raise UserError(f"{path} does not fit the configured architecture; keys " + "; ".join(parts))
+        raise UserError(f"{refusal}; keys " + "; ".join(parts))
     encoder.load_state_dict(state)
 
 
