@@ -253,3 +253,29 @@ def test_bad_requests_fail_in_one_line_and_write_nothing(models, tmp_path, model
         export(models[model], tmp_path / "out", formats, [tmp_path / "eval"] if evals else [], latency_repeats=1)
     assert message in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_export_from_the_command_line(chain, tmp_path):
+    from conftest import check_ok, run_cli
+
+    out = tmp_path / "export"
+    proc = run_cli("export", "--model", chain.bingo / "student.safetensors", "--out", out, "--formats", "timm", "onnx",
+                   "--evals", chain.eval, "--teacher", chain.teacher, "--latency-repeats", "3")
+    check_ok(proc)
+    assert {p.name for p in out.iterdir()} >= {"timm.pth", "timm.safetensors", "model.onnx", "load.py", "card.md",
+                                               "card.json"}
+    card = json.loads((out / "card.json").read_text())
+    assert card["student"]["accuracy"] and card["teacher"]["params"] > 0  # tiny teacher and student alike
+    assert "# Deployment card" in proc.stdout
+    refused = run_cli("export", "--model", chain.bingo / "student.safetensors", "--out", out, "--formats", "onnx")
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1  # an export is never replaced
+    assert "--overwrite" in refused.stderr
+
+
+def test_export_of_an_unknown_format_is_one_line(chain, tmp_path):
+    from conftest import run_cli
+
+    proc = run_cli("export", "--model", chain.bingo / "student.safetensors", "--out", tmp_path / "x", "--formats",
+                   "tflite")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "tflite" in proc.stderr
+    assert not (tmp_path / "x").exists()
