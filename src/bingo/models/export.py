@@ -66,10 +66,8 @@ def read_source(path: Path) -> Source:
     if info is None:
         raise UserError(f"{path} is not a bingo encoder file (student.safetensors or teacher.safetensors)")
     model, data = info
-    backbone = load_encoder(path, model, DataConfig(channels=data["channels"], image_size=data["image_size"])).backbone
-    with torch.inference_mode():  # measured: timm's num_features is not the pooled output size of every model
-        feature_dim = backbone.eval()(torch.zeros(1, data["channels"], data["image_size"], data["image_size"])).shape[1]
-    return Source(path, model, data, backbone, feature_dim)
+    encoder = load_encoder(path, model, DataConfig(channels=data["channels"], image_size=data["image_size"]))
+    return Source(path, model, data, encoder.backbone.eval(), encoder.feature_dim)
 
 
 def refusal(src: Source, fmt: str) -> str | None:
