@@ -84,7 +84,7 @@ def train_and_test(classifier: Classifier, train: Dataset, test: Dataset, cfg: C
     """Fit `classifier` on `train` (losses logged into `out`), then its top-1 / top-5 accuracy (%) on `test`."""
     trainer = make_trainer(cfg, epochs, out, checkpoints=False)
     per_process = max(1, batch_size // trainer.world_size)
-    workers = cfg.data.num_workers
+    workers = 0 if isinstance(train, TensorDataset) else cfg.data.num_workers  # features in memory need no loader
     trainer.fit(classifier, DataLoader(train, batch_size=per_process, shuffle=True, num_workers=workers,
                                        persistent_workers=workers > 0))
     result = trainer.test(classifier, DataLoader(test, batch_size=per_process, num_workers=workers), verbose=False)
