@@ -162,7 +162,7 @@ def _check_request(out: Path, formats: Sequence[str] | None, teacher: Path | Non
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file; pass a folder to export into")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"{out} is not empty; choose another folder or allow overwriting")
+        raise UserError(f"{out} is not empty; choose another folder, or pass --overwrite to replace its export")
 
 
 def _resolve_formats(src: Source, formats: Sequence[str] | None) -> list[str]:
