@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
              "bags": "build every image's bag (kNN, k-means, labels, random or student features), with a report",
              "distill": "train a student with a distillation method",
              "eval": "evaluate a model: kNN, linear, semi-supervised fine-tuning, transfer (method.md §3)",
-             "compare": "train and evaluate several methods alike over seeds: one table, one chart",
+             "compare": "train and evaluate several methods alike over seeds: one table, accuracy and training charts",
              "demo": "the whole chain on Fashion-MNIST, with a results table"}
     for name in STAGES:
         sub = commands.add_parser(name, help=helps[name], description=helps[name])
