@@ -48,8 +48,7 @@ def label_subsets(cfg: Config, train: ImageDataset, out: Path) -> dict[str, np.n
     semi = cfg.eval.semi
     names = [fraction_name(f) for f in semi.fractions]
     if semi.subsets:
-        check_semi(cfg, True, train)
-        stored = _read_subsets(Path(semi.subsets), train.identity)
+        stored = _stored_subsets(cfg, train)
         subsets = {name: np.asarray(stored["subsets"][name], dtype=np.int64) for name in names}
         seed = stored["seed"]
     else:
@@ -86,14 +85,20 @@ def check_semi(cfg: Config, network: bool, train: ImageDataset) -> None:
         raise UserError(f"eval.semi.fractions must be shares of the labels in (0, 1], e.g. [0.01, 0.1]; got "
                         f"{cfg.eval.semi.fractions}")
     if cfg.eval.semi.subsets:
-        stored = _read_subsets(Path(cfg.eval.semi.subsets), train.identity)
-        missing = [fraction_name(f) for f in cfg.eval.semi.fractions if fraction_name(f) not in stored["subsets"]]
-        if missing:
-            raise UserError(f"{cfg.eval.semi.subsets} has no subset for {', '.join(missing)} of the labels (it has "
-                            f"{', '.join(stored['subsets'])}); set eval.semi.fractions to match")
+        _stored_subsets(cfg, train)
 
 
-def semi_supervised(cfg: Config, encoder: Encoder, train: ImageDataset, test: ImageDataset,
+def _stored_subsets(cfg: Config, train: ImageDataset) -> dict:
+    """The subset file eval.semi.subsets, checked to fit `train` and to hold every share asked for."""
+    stored = _read_subsets(Path(cfg.eval.semi.subsets), train.identity)
+    missing = [fraction_name(f) for f in cfg.eval.semi.fractions if fraction_name(f) not in stored["subsets"]]
+    if missing:
+        raise UserError(f"{cfg.eval.semi.subsets} has no subset for {', '.join(missing)} of the labels (it has "
+                        f"{', '.join(stored['subsets'])}); set eval.semi.fractions to match")
+    return stored
+
+
+def semi_supervised(cfg: Config, encoder: Encoder | None, train: ImageDataset, test: ImageDataset,
                     out: Path) -> dict[str, dict[str, float]]:
     """Top-1 and top-5 accuracy (%) after fine-tuning a copy of the whole backbone plus a linear layer, per share."""
     check_semi(cfg, encoder is not None, train)
