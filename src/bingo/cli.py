@@ -12,7 +12,7 @@ from pathlib import Path
 from bingo.config import PROTOCOLS, Config, load_config, preset_names
 from bingo.errors import UserError
 
-STAGES = ("pretrain", "embed", "bags", "distill", "eval", "compare", "demo")
+STAGES = ("pretrain", "embed", "bags", "distill", "eval", "compare", "repro", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,19 +25,23 @@ def build_parser() -> argparse.ArgumentParser:
              "distill": "train a student with a distillation method",
              "eval": "evaluate a model: kNN, linear, semi-supervised fine-tuning, transfer (method.md §3)",
              "compare": "train and evaluate several methods alike over seeds: one table, accuracy and training charts",
+             "repro": "the paper's tables in miniature: one teacher, every bag file, every table over seeds, "
+                      "with a verdict per claim (docs/results.md)",
              "demo": "the whole chain on Fashion-MNIST, with a results table"}
     for name in STAGES:
         sub = commands.add_parser(name, help=helps[name], description=helps[name])
-        sub.add_argument("--preset", default="demo", help=f"named preset: {', '.join(preset_names())} (default demo)")
+        default = "repro" if name == "repro" else "demo"
+        sub.add_argument("--preset", default=default,
+                         help=f"named preset: {', '.join(preset_names())} (default {default})")
         sub.add_argument("--config", help="YAML file with config sections, applied over the preset")
         sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="override a config value, e.g. --set optim.lr=0.06 (repeatable)")
         sub.add_argument("--out", required=True, type=Path, help="run folder (config, logs, checkpoints, results)")
-        if name != "compare":  # compare takes --seeds, one run per seed
+        if name not in ("compare", "repro"):  # these take --seeds, one run per seed
             sub.add_argument("--seed", type=int, help="random seed (makes a CPU run repeatable)")
-        if name in ("pretrain", "distill", "compare", "demo"):
+        if name in ("pretrain", "distill", "compare", "repro", "demo"):
             sub.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-        if name in ("embed", "bags", "distill", "compare"):
+        if name in ("embed", "bags", "distill", "compare", "repro"):
             sub.add_argument("--teacher", help="teacher checkpoint: teacher.safetensors, MoCo v1/v2/v3, SwAV, SimCLR, "
                                                "DINO, BYOL, torchvision or timm weights (docs/models.md)")
             sub.add_argument("--layout", help="the teacher checkpoint's layout when detection is not wanted: "
@@ -46,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--model", help="a student-architecture network instead of the teacher: encoder file, "
                                              "'random' or 'random-init'")
         if name == "bags":
-            sub.add_argument("--strategy", help="knn (default) | kmeans | labels | random | student")
+            sub.add_argument("--strategy",
+                             help="knn (default) | kmeans | labels | random | student | self (no relation)")
             sub.add_argument("--features", help=".npy file of L2-normalised features (e.g. from 'bingo embed') "
                                                 "instead of running the teacher")
             sub.add_argument("--model", help="the student's weights for --strategy student: encoder file or 'random'")
@@ -54,10 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--method", help="bingo | moco | seed | compress-1q | compress-2q | disco | simreg")
         if name in ("distill", "compare"):
             sub.add_argument("--bags", help="bag file from 'bingo bags'")
+        if name in ("compare", "repro"):
+            sub.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="seeds of every run (default 0 1 2)")
+        if name == "repro":
+            sub.add_argument("--tables", nargs="+", metavar="TABLE",
+                             help="run only these tables (the experiment in parts; default: all, in order)")
         if name == "compare":
             sub.add_argument("--methods", nargs="+", metavar="METHOD",
                              help="methods to compare (variants: compare.runs in a --config file)")
-            sub.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="seeds of every run (default 0 1 2)")
         if name == "eval":
             sub.add_argument("protocols", nargs="+", choices=(*PROTOCOLS, "all"), metavar="PROTOCOL",
                              help=f"one or more of {', '.join(PROTOCOLS)}, or all")
@@ -157,6 +166,12 @@ def main(argv: list[str] | None = None) -> int:
             from bingo.compare import run_compare
 
             run_compare(cfg, args.out, args.resume)
+        elif args.command == "repro":
+            from bingo.repro import run_repro
+
+            command = " ".join(["bingo", *(sys.argv[1:] if argv is None else argv)])
+            report = run_repro(cfg, args.out, args.tables, args.resume, command)
+            print((args.out / "results.md").read_text() if report else "")
         elif args.command == "eval":
             protocols = PROTOCOLS if "all" in args.protocols else tuple(dict.fromkeys(args.protocols))
             print(json.dumps(pipeline.run_eval(cfg, args.out, args.model, protocols), indent=2))

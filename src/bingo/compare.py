@@ -15,8 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import yaml
 
-from bingo.config import Config, load_config
+from bingo.config import Config, from_dict, load_config, to_dict
 from bingo.errors import UserError
 from bingo.methods import METHODS, needs_teacher
 from bingo.models.checkpoints import load_encoder
@@ -54,54 +55,123 @@ def run_configs(cfg: Config) -> dict[str, Config]:
 
 def run_compare(cfg: Config, out: Path, resume: bool = False) -> dict:
     """Train and evaluate every run for every seed (reusing finished ones), then summarise."""
-    from bingo.pipeline import (
-        STUDENT_FILE,
-        check_protocols,
-        eval_datasets,
-        evaluate_into,
-        run_distill,
-        transfer_datasets,
-    )
-
     configs = run_configs(cfg)  # a bad run spec fails before anything is written
     protocols = tuple(cfg.compare.protocols)
-    datasets = eval_datasets(cfg)
-    check_protocols(cfg, protocols, True, datasets[0])
-    transfer = transfer_datasets(cfg) if "transfer" in protocols else None
+    evaluation = Evaluation(cfg, protocols)
     prepare_run_folder(out, cfg, resume)
-    per_run: dict[str, dict[int, dict]] = {}
-    for name, run in configs.items():
-        for seed in cfg.compare.seeds:
-            folder = out / name / f"seed-{seed}"
-            seeded = copy.deepcopy(run)
-            seeded.seed = seed
-            student = folder / STUDENT_FILE
-            if not student.exists():
-                log.info("compare: training %s, seed %d", name, seed)
-                run_distill(seeded, folder, resume=(folder / "config.yaml").exists())
-            if not is_rank_zero():  # the other processes of a distributed job only help train
-                continue
-            evaluation = folder / "eval" / "results.json"
-            if not evaluation.exists():
-                log.info("compare: evaluating %s, seed %d", name, seed)
-                encoder = load_encoder(student, seeded.student, seeded.data)
-                evaluate_into(seeded, encoder, f"{name} seed {seed}", protocols, evaluation.parent, datasets, transfer)
-            (row,) = json.loads(evaluation.read_text())["rows"].values()
-            per_run.setdefault(name, {})[seed] = {
-                **flat_metrics(row),
-                "train wall time (s)": json.loads((folder / "results.json").read_text()).get("wall_time_s")}
-    if not is_rank_zero():
+    per_run = {name: {seed: train_and_evaluate(run, seed, out / name, name, evaluation) for seed in cfg.compare.seeds}
+               for name, run in configs.items()}
+    if not is_rank_zero():  # the other processes of a distributed job only help train
         return {}
-    summary = {"runs": {name: {"method": configs[name].distill.method, "seeds": seeds,
-                               "mean": _stat(seeds, np.mean), "std": _stat(seeds, _spread)}
-                        for name, seeds in per_run.items()},
-               "seeds": list(cfg.compare.seeds), "protocols": list(cfg.compare.protocols)}
+    summary = summarise(configs, per_run, cfg.compare.seeds, protocols, out, out)
+    print(compare_table(summary))
+    return summary
+
+
+class Evaluation:
+    """The protocols every compared run is evaluated by, with the data sets they read (loaded once)."""
+
+    def __init__(self, cfg: Config, protocols: tuple[str, ...]):
+        from bingo.pipeline import check_protocols, eval_datasets, transfer_datasets
+
+        self.protocols = protocols
+        self.datasets = eval_datasets(cfg)
+        check_protocols(cfg, protocols, True, self.datasets[0])
+        self.transfer = transfer_datasets(cfg) if "transfer" in protocols else None
+
+    @property
+    def folder(self) -> str:
+        """Name of a run's evaluation folder: one per set of protocols, so tables with other protocols share runs."""
+        return "+".join(self.protocols)
+
+
+def train_and_evaluate(run: Config, seed: int, root: Path, name: str, evaluation: Evaluation) -> dict | None:
+    """Train one run for one seed in `root/seed-S` and evaluate it; its accuracies and training time.
+
+    None on the other processes of a distributed job, which only help train.
+    """
+    student = train_run(run, seed, root, name)
+    if not is_rank_zero():
+        return None
+    return evaluate_run(run, seed, student, name, evaluation)
+
+
+def train_run(run: Config, seed: int, root: Path, name: str) -> Path:
+    """The student of one run for one seed: reused when finished, resumed when interrupted, else trained."""
+    from bingo.pipeline import STUDENT_FILE, run_distill
+
+    folder = root / f"seed-{seed}"
+    seeded = seeded_config(run, seed)
+    started = (folder / "config.yaml").exists()
+    if started:
+        check_same_config(folder, seeded)
+    if not (folder / STUDENT_FILE).exists():
+        log.info("compare: training %s, seed %d", name, seed)
+        run_distill(seeded, folder, resume=started)
+    return folder / STUDENT_FILE
+
+
+def evaluate_run(run: Config, seed: int, student: Path, name: str, evaluation: Evaluation) -> dict:
+    """A trained student's accuracies by the evaluation's protocols (reused when done) and its training time."""
+    from bingo.pipeline import evaluate_into
+
+    seeded = seeded_config(run, seed)
+    results = student.parent / "eval" / evaluation.folder / "results.json"
+    if not results.exists():
+        log.info("compare: evaluating %s, seed %d (%s)", name, seed, ", ".join(evaluation.protocols))
+        encoder = load_encoder(student, seeded.student, seeded.data)
+        evaluate_into(seeded, encoder, f"{name} seed {seed}", evaluation.protocols, results.parent,
+                      evaluation.datasets, evaluation.transfer)
+    (row,) = json.loads(results.read_text())["rows"].values()
+    return {**flat_metrics(row),
+            "train wall time (s)": json.loads((student.parent / "results.json").read_text()).get("wall_time_s")}
+
+
+def seeded_config(run: Config, seed: int) -> Config:
+    """A copy of a run's config with its seed set."""
+    seeded = copy.deepcopy(run)
+    seeded.seed = seed
+    return seeded
+
+
+def check_same_config(folder: Path, cfg: Config) -> None:
+    """Refuse to reuse or resume a run folder trained with other settings than `cfg` (evaluation settings aside)."""
+    saved = _training_settings(to_dict(from_dict(yaml.safe_load((folder / "config.yaml").read_text()))))
+    wanted = _training_settings(to_dict(cfg))
+    changed = [key for key in wanted if saved.get(key) != wanted[key]]
+    if changed:
+        key = changed[0]
+        raise UserError(f"{folder} was trained with {key}={saved.get(key)!r}, but this run asks for "
+                        f"{wanted[key]!r}; remove that folder or choose another --out")
+
+
+NOT_TRAINING = ("compare.", "repro.", "eval.", "monitor.", "pretrain.", "embed.", "trainer.progress_bar",
+                "trainer.loggers", "data.num_workers")  # settings that do not change a distilled student
+
+
+def _training_settings(tree: dict, prefix: str = "") -> dict:
+    """Dotted key -> value of every setting that shapes a distilled student."""
+    flat = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if f"{dotted}.".startswith(NOT_TRAINING):
+            continue
+        flat |= _training_settings(value, f"{dotted}.") if isinstance(value, dict) else {dotted: value}
+    return flat
+
+
+def summarise(configs: dict[str, Config], per_run: dict[str, dict[int, dict]], seeds: list[int],
+              protocols: tuple[str, ...], runs_root: Path, out: Path) -> dict:
+    """results.json, results.md, accuracy.png and the training curves of the runs (in runs_root/NAME/seed-S)."""
+    summary = {"runs": {name: {"method": configs[name].distill.method, "seeds": values,
+                               "mean": _stat(values, np.mean), "std": _stat(values, _spread)}
+                        for name, values in per_run.items()},
+               "seeds": list(seeds), "protocols": list(protocols)}
+    out.mkdir(parents=True, exist_ok=True)
     write_results(out, summary)
     (out / "results.md").write_text(compare_table(summary) + "\n")
     bar_chart(summary, out / "accuracy.png")
-    plot_runs({f"{name} seed {seed}": out / name / f"seed-{seed}" for name in per_run for seed in cfg.compare.seeds},
-              out)
-    print(compare_table(summary))
+    plot_runs({f"{name} seed {seed}": runs_root / name / f"seed-{seed}" for name in per_run for seed in seeds}, out)
     return summary
 
 

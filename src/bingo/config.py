@@ -164,7 +164,7 @@ class EmbedConfig:
 class BagsConfig:
     """`bingo bags`: every image's bag, by one of the strategies of method.md §1.1."""
 
-    strategy: str = "knn"  # knn | kmeans | labels | random | student (kNN on a student's features)
+    strategy: str = "knn"  # knn | kmeans | labels | random | student (kNN on a student's features) | self
     k: int = 5  # neighbours per image, the image itself excluded (knn, student, random)
     clusters: int = 1000  # C for kmeans
     kmeans_iters: int = 20
@@ -264,6 +264,18 @@ class CompareConfig:
 
 
 @dataclass
+class ReproConfig:
+    """`bingo repro`: the paper's tables in miniature, from one teacher, a set of bag files and a pool of runs."""
+
+    bags: dict[str, Any] = field(default_factory=dict)  # name -> {set: ['bingo bags' overrides], model: RUN}
+    runs: dict[str, Any] = field(default_factory=dict)  # name -> {method, set, bags: NAME}, shared by the tables
+    tables: dict[str, Any] = field(default_factory=dict)  # name -> {title, runs: [RUN ...], protocols, note}
+    claims: list[Any] = field(default_factory=list)  # {claim, table, better: RUN, worse: RUN, metric, paper}
+    metric: str = "linear top-1"  # the accuracy a claim is judged on unless it names another
+    teacher_protocols: list[str] = field(default_factory=lambda: ["knn", "linear"])  # the teacher's reference row
+
+
+@dataclass
 class TrainerConfig:
     """How Lightning runs: devices, precision, logging."""
 
@@ -295,6 +307,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    repro: ReproConfig = field(default_factory=ReproConfig)
 
 
 def preset_names() -> list[str]:
@@ -308,10 +321,7 @@ def load_config(preset: str | None = None, file: str | None = None, overrides: l
     """Build a Config from defaults (or `base`), then a preset, then a YAML file, then `key=value` overrides."""
     tree = to_dict(base or Config())
     if preset:
-        if preset not in preset_names():
-            raise UserError(f"unknown preset '{preset}'; choose one of: {', '.join(preset_names())}")
-        text = (resources.files("bingo") / "configs" / f"{preset}.yaml").read_text()
-        _merge(tree, yaml.safe_load(text) or {}, f"preset {preset}")
+        _merge_preset(tree, preset)
     if file:
         path = Path(file)
         if not path.is_file():
@@ -326,6 +336,16 @@ def load_config(preset: str | None = None, file: str | None = None, overrides: l
     for item in overrides:
         _apply_override(tree, item, stage)
     return from_dict(tree)
+
+
+def _merge_preset(tree: dict, preset: str) -> None:
+    """Merge a named preset into `tree`; a preset may start from another one (`inherit: NAME`)."""
+    if preset not in preset_names():
+        raise UserError(f"unknown preset '{preset}'; choose one of: {', '.join(preset_names())}")
+    values = yaml.safe_load((resources.files("bingo") / "configs" / f"{preset}.yaml").read_text()) or {}
+    if "inherit" in values:
+        _merge_preset(tree, values.pop("inherit"))
+    _merge(tree, values, f"preset {preset}")
 
 
 def to_dict(cfg: Any) -> dict:

@@ -2,7 +2,8 @@
 
 Two shapes cover every strategy: neighbour bags, an (N, K) array of dataset indices (kNN, random,
 student relation), and group bags, a group id per image (k-means clusters, labels). Either way an
-anchor's positive is drawn uniformly from its bag, never the anchor itself.
+anchor's positive is drawn uniformly from its bag, never the anchor itself (except for `self` bags,
+whose only member is the anchor).
 """
 
 from __future__ import annotations

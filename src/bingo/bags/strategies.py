@@ -1,5 +1,6 @@
 """The bagging strategies of method.md §1.1: kNN (on the teacher's or a student's features), k-means,
-ground-truth labels and random bags. Each returns Bags with the metadata that describes how they were made.
+ground-truth labels and random bags, plus `self` (no relation: every bag is its own image, method.md §1.3).
+Each returns Bags with the metadata that describes how they were made.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from bingo.bags.search import BASE_CHUNK, auto_index, read_rows
 from bingo.config import BagsConfig
 from bingo.errors import UserError
 
-STRATEGIES = ("knn", "kmeans", "labels", "random", "student")
+STRATEGIES = ("knn", "kmeans", "labels", "random", "student", "self")
 FEATURE_STRATEGIES = ("knn", "kmeans", "student")  # the strategies that need features
 
 
@@ -28,6 +29,8 @@ def make_bags(cfg: BagsConfig, features: np.ndarray | None, labels: np.ndarray, 
         return kmeans_strategy(features, cfg.clusters, cfg.kmeans_iters, seed)
     if cfg.strategy == "labels":
         return label_strategy(labels)
+    if cfg.strategy == "self":
+        return self_strategy(count)
     return random_strategy(count, cfg.k, seed)
 
 
@@ -37,7 +40,7 @@ def check_request(cfg: BagsConfig, count: int) -> None:
         raise UserError(f"unknown bag strategy '{cfg.strategy}'; choose one of: {', '.join(STRATEGIES)}")
     if cfg.strategy == "kmeans":
         _check_size(cfg.clusters, count, "bags.clusters")
-    elif cfg.strategy != "labels":
+    elif cfg.strategy not in ("labels", "self"):
         _check_size(cfg.k, count, "bags.k")
 
 
@@ -103,6 +106,11 @@ def random_strategy(count: int, k: int, seed: int) -> NeighbourBags:
     draws = np.random.default_rng(seed).integers(0, count - 1, size=(count, k))
     neighbours = draws + (draws >= np.arange(count)[:, None])  # skip the anchor's own index
     return NeighbourBags(neighbours, {"strategy": "random", "kind": "neighbours", "k": k})
+
+
+def self_strategy(count: int) -> NeighbourBags:
+    """Every image's bag is the image alone: its positive is a second pair of views of itself (no relation)."""
+    return NeighbourBags(np.arange(count)[:, None], {"strategy": "self", "kind": "neighbours"})
 
 
 def _check_size(value: int, count: int, key: str) -> None:

@@ -1,0 +1,278 @@
+"""`bingo repro`: the paper's tables in miniature (docs/results.md).
+
+One teacher (pretrained by bingo unless `--teacher` gives one), every bag file the tables need, and a
+pool of runs (`repro.runs`: a method, its overrides, its bags) shared by the tables (`repro.tables`):
+each run is trained and evaluated once per seed, whichever tables show it. In OUT:
+
+    teacher/               the MoCo-v2 teacher; teacher/eval/PROTOCOLS/ its accuracies (the reference row)
+    bags/NAME/             each bag file, with its report
+    runs/NAME/seed-S/      each run, evaluated into eval/PROTOCOLS/
+    tables/TABLE/          each table: results.json, results.md, accuracy.png, training curves
+    results.md, results.json   every table done so far, the verdict on each claim, machine and wall times
+
+`--tables` runs some tables only (the experiment in parts); `--resume` continues: finished pieces are
+reused, an interrupted training continues from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bingo.compare import Evaluation, compare_table, evaluate_run, run_configs, summarise, train_run
+from bingo.config import Config, load_config
+from bingo.errors import UserError
+from bingo.training import is_rank_zero, prepare_run_folder, write_results
+
+log = logging.getLogger("bingo")
+RUN_KEYS, BAG_KEYS, TABLE_KEYS = {"method", "set", "bags"}, {"set", "model"}, {"title", "runs", "protocols", "note"}
+CLAIM_KEYS = {"claim", "table", "better", "worse", "metric", "paper"}
+SHOWN = ("kNN@10 top-1", "kNN@200 top-1", "linear top-1", "semi 1% top-1", "semi 10% top-1", "train wall time (s)")
+
+
+def run_repro(cfg: Config, out: Path, tables: list[str] | None = None, resume: bool = False,
+              command: str = "bingo repro") -> dict:
+    """Train, evaluate and summarise the chosen tables (all by default); then the report of every table done.
+
+    Each finished table's wall time in this invocation goes to OUT/parts.json with `command`.
+    """
+    started = time.perf_counter()
+    tables = check_plan(cfg, tables)
+    prepare_run_folder(out, cfg, resume)
+    cfg = copy.deepcopy(cfg)
+    cfg.teacher.checkpoint = str(teacher_file(cfg, out))
+    reference = teacher_row(cfg, out)
+    for table in tables:
+        run_table(cfg, out, table)
+        if is_rank_zero():
+            log_part(out, command, table, time.perf_counter() - started)
+            started = time.perf_counter()
+    return write_report(cfg, out, reference) if is_rank_zero() else {}
+
+
+def check_plan(cfg: Config, tables: list[str] | None) -> list[str]:
+    """The tables to run, in the config's order; every name they use must exist (checked before any work)."""
+    repro = cfg.repro
+    if not repro.tables:
+        raise UserError("nothing to reproduce: repro.tables is empty (the repro preset defines the paper's tables)")
+    unknown = [t for t in tables or [] if t not in repro.tables]
+    if unknown:
+        raise UserError(f"unknown table '{unknown[0]}'; choose from: {', '.join(repro.tables)}")
+    for kind, specs, keys in (("bags", repro.bags, BAG_KEYS), ("runs", repro.runs, RUN_KEYS),
+                              ("tables", repro.tables, TABLE_KEYS)):
+        for name, spec in specs.items():
+            extra = set(spec or {}) - keys
+            if extra:
+                raise UserError(f"repro.{kind}.{name} has unknown keys {sorted(extra)}; use {', '.join(sorted(keys))}")
+    for name, spec in repro.bags.items():
+        if (spec or {}).get("model") and spec["model"] not in repro.runs:
+            raise UserError(f"repro.bags.{name}: model '{spec['model']}' is not a run in repro.runs")
+    for name, spec in repro.runs.items():
+        if (spec or {}).get("bags") and spec["bags"] not in repro.bags:
+            raise UserError(f"repro.runs.{name}: bags '{spec['bags']}' is not in repro.bags")
+    for name, spec in repro.tables.items():
+        missing = [run for run in spec.get("runs", []) if run not in repro.runs]
+        if missing or not spec.get("runs"):
+            raise UserError(f"repro.tables.{name}: " + (f"run '{missing[0]}' is not in repro.runs" if missing
+                                                        else "no runs"))
+    for claim in repro.claims:
+        shown = repro.tables.get(claim.get("table"), {}).get("runs", [])
+        if set(claim) - CLAIM_KEYS or not shown or any(claim.get(side) not in [*shown, "teacher"]
+                                                        for side in ("better", "worse")):
+            raise UserError(f"repro.claims: '{claim.get('claim')}' must name a table and two of its runs "
+                            f"(keys: {', '.join(sorted(CLAIM_KEYS))})")
+    return [t for t in repro.tables if t in (tables or repro.tables)]
+
+
+def teacher_file(cfg: Config, out: Path) -> Path:
+    """The teacher given by --teacher, or one pretrained (or resumed, or reused) in OUT/teacher."""
+    from bingo.pipeline import TEACHER_FILE, run_pretrain
+
+    if cfg.teacher.checkpoint:
+        return Path(cfg.teacher.checkpoint)
+    path = out / "teacher" / TEACHER_FILE
+    if not path.exists():
+        log.info("repro: pretraining the teacher (MoCo-v2)")
+        run_pretrain(cfg, path.parent, resume=(path.parent / "config.yaml").exists())
+    return path
+
+
+def teacher_row(cfg: Config, out: Path) -> dict | None:
+    """The teacher's own accuracies (evaluated once, reused), the reference row of the tables."""
+    from bingo.models.checkpoints import load_encoder
+    from bingo.pipeline import evaluate_into
+    from bingo.report import flat_metrics
+
+    if not is_rank_zero():
+        return None
+    protocols = tuple(cfg.repro.teacher_protocols)
+    results = out / "teacher" / "eval" / "+".join(protocols) / "results.json"
+    if not results.exists():
+        log.info("repro: evaluating the teacher")
+        encoder = load_encoder(cfg.teacher.checkpoint, cfg.teacher, cfg.data)
+        evaluate_into(cfg, encoder, "teacher", protocols, results.parent)
+    (row,) = json.loads(results.read_text())["rows"].values()
+    return flat_metrics(row)
+
+
+def bag_file(cfg: Config, out: Path, name: str) -> Path:
+    """Bag file NAME of repro.bags, built on first use (from the teacher, or from run `model`'s first-seed student)."""
+    from bingo.pipeline import BAGS_FILE, run_bags
+
+    spec = cfg.repro.bags[name] or {}
+    folder = out / "bags" / name
+    if (folder / BAGS_FILE).exists():
+        return folder / BAGS_FILE
+    overrides = list(spec.get("set", []))
+    if spec.get("model"):
+        student = train_run(run_config(cfg, out, spec["model"]), cfg.compare.seeds[0], out / "runs" / spec["model"],
+                            spec["model"])
+        overrides.append(f"student.checkpoint={student}")
+    bags_cfg = load_config(None, None, overrides, stage="bags", base=copy.deepcopy(cfg))
+    if folder.exists():  # an interrupted build: start it again
+        shutil.rmtree(folder)
+    log.info("repro: building bags %s", name)
+    return run_bags(bags_cfg, folder)
+
+
+def run_config(cfg: Config, out: Path, name: str) -> Config:
+    """The resolved config of run NAME of repro.runs (its bag file built first)."""
+    spec = dict(cfg.repro.runs[name] or {})
+    overrides, bags = list(spec.pop("set", [])), spec.pop("bags", None)
+    if bags:
+        overrides = [*(cfg.repro.bags[bags] or {}).get("set", []), f"distill.bags={bag_file(cfg, out, bags)}",
+                     *overrides]
+    compare_cfg = copy.deepcopy(cfg)
+    compare_cfg.compare.runs = {name: {**spec, "set": overrides}}
+    return run_configs(compare_cfg)[name]
+
+
+def run_table(cfg: Config, out: Path, table: str) -> dict | None:
+    """Train and evaluate every run of one table for every seed; its summary in OUT/tables/TABLE."""
+    spec = cfg.repro.tables[table]
+    protocols = tuple(spec.get("protocols") or cfg.compare.protocols)
+    log.info("repro: table %s (%s)", table, spec.get("title", ""))
+    configs = {name: run_config(cfg, out, name) for name in spec["runs"]}
+    evaluation = Evaluation(cfg, protocols)
+    per_run = {}
+    for name, run in configs.items():
+        students = {seed: train_run(run, seed, out / "runs" / name, name) for seed in cfg.compare.seeds}
+        if is_rank_zero():
+            per_run[name] = {seed: evaluate_run(run, seed, student, name, evaluation)
+                             for seed, student in students.items()}
+    if not is_rank_zero():
+        return None
+    return summarise(configs, per_run, cfg.compare.seeds, protocols, out / "runs", out / "tables" / table)
+
+
+def verdict(better: list[float], worse: list[float]) -> tuple[str, float, float]:
+    """'holds', 'does not hold' or 'within noise' for "better > worse": (verdict, difference, its standard error).
+
+    The difference of the means counts when it exceeds twice its standard error (from the seeds' spreads).
+    """
+    difference = float(np.mean(better) - np.mean(worse))
+    error = math.sqrt(sum(np.var(v, ddof=1) / len(v) if len(v) > 1 else 0.0 for v in (better, worse)))
+    if len(better) < 2 or len(worse) < 2:
+        return "one seed: no verdict", difference, error
+    if abs(difference) <= 2 * error:
+        return "within noise", difference, error
+    return ("holds" if difference > 0 else "does not hold"), difference, error
+
+
+def judge(cfg: Config, summaries: dict[str, dict], reference: dict | None) -> list[dict]:
+    """Every claim whose table is done: both sides' mean ± std, the difference and the verdict."""
+    judged = []
+    for claim in cfg.repro.claims:
+        summary = summaries.get(claim["table"])
+        if summary is None:
+            continue
+        metric = claim.get("metric", cfg.repro.metric)
+        sides = {}
+        for side in ("better", "worse"):
+            name = claim[side]
+            sides[side] = [reference[metric]] if name == "teacher" and reference and metric in reference else \
+                [seed[metric] for seed in summary["runs"].get(name, {}).get("seeds", {}).values() if metric in seed]
+        if not sides["better"] or not sides["worse"]:
+            continue
+        outcome, difference, error = verdict(sides["better"], sides["worse"])
+        judged.append({**claim, "metric": metric, "verdict": outcome, "difference": round(difference, 2),
+                       "standard_error": round(error, 2),
+                       **{f"{side}_mean": round(float(np.mean(v)), 2) for side, v in sides.items()},
+                       **{f"{side}_std": round(float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, 2)
+                          for side, v in sides.items()}})
+    return judged
+
+
+def log_part(out: Path, command: str, table: str, seconds: float) -> None:
+    """Append a finished table (the command that ran it, its wall time there) to OUT/parts.json."""
+    path = out / "parts.json"
+    parts = json.loads(path.read_text()) if path.exists() else []
+    parts.append({"command": command, "table": table, "wall_time_s": round(seconds, 1),
+                  "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+    path.write_text(json.dumps(parts, indent=2))
+
+
+def machine() -> dict:
+    """What the experiment ran on."""
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_cores": os.cpu_count(), "device": device, "python": platform.python_version(),
+            "torch": torch.__version__}
+
+
+def write_report(cfg: Config, out: Path, reference: dict | None) -> dict:
+    """OUT/results.json and OUT/results.md: every table done so far, each claim's verdict, machine, wall times."""
+    summaries = {t: json.loads((out / "tables" / t / "results.json").read_text()) for t in cfg.repro.tables
+                 if (out / "tables" / t / "results.json").exists()}
+    parts = json.loads((out / "parts.json").read_text()) if (out / "parts.json").exists() else []
+    report = {"machine": machine(), "seeds": list(cfg.compare.seeds), "metric": cfg.repro.metric,
+              "teacher": reference, "tables": summaries, "claims": judge(cfg, summaries, reference), "parts": parts,
+              "wall_time_s": round(sum(p["wall_time_s"] for p in parts), 1)}
+    write_results(out, report)
+    (out / "results.md").write_text(report_markdown(cfg, report))
+    return report
+
+
+def report_markdown(cfg: Config, report: dict) -> str:
+    """The report as Markdown: claims first, then one section per table."""
+    lines = ["# The paper's tables in miniature", "", f"Machine: {report['machine']['processor']}, "
+             f"{report['machine']['cpu_cores']} cores, {report['machine']['device']}, torch "
+             f"{report['machine']['torch']}. Total wall time of the parts: {report['wall_time_s'] / 60:.0f} min.", "",
+             "## Claims", "", "| claim | metric | better | worse | difference | verdict | paper |",
+             "|---|---|---|---|---|---|---|"]
+    for c in report["claims"]:
+        lines.append(f"| {c['claim']} | {c['metric']} | {c['better']} {c['better_mean']:.1f} ± {c['better_std']:.1f} "
+                     f"| {c['worse']} {c['worse_mean']:.1f} ± {c['worse_std']:.1f} | {c['difference']:+.1f} "
+                     f"± {c['standard_error']:.1f} | {c['verdict']} | {c.get('paper', '-')} |")
+    for table, summary in report["tables"].items():
+        spec = cfg.repro.tables[table]
+        lines += ["", f"## {spec.get('title', table)}", "", table_markdown(summary, report["teacher"]), "",
+                  f"![{table}](tables/{table}/accuracy.png)"]
+        if spec.get("note"):
+            lines += ["", spec["note"]]
+    lines += ["", "## Commands", "", "| table | wall time (min) | finished | command |", "|---|---|---|---|"]
+    lines += [f"| {p['table']} | {p['wall_time_s'] / 60:.1f} | {p['finished']} | `{p['command']}` |"
+              for p in report["parts"]]
+    return "\n".join(lines) + "\n"
+
+
+def table_markdown(summary: dict, reference: dict | None) -> str:
+    """One table: mean ± std over seeds of the shown accuracies and training time; the teacher's row below."""
+    columns = [k for k in SHOWN if any(k in run["mean"] for run in summary["runs"].values())]
+    text = compare_table({**summary, "runs": {name: {**run, "mean": {k: run["mean"][k] for k in columns
+                                                                      if k in run["mean"]}}
+                                              for name, run in summary["runs"].items()}})
+    if reference and any(k in reference for k in columns):
+        text += "\n| teacher (reference) | moco | 1 | " + " | ".join(
+            f"{reference[k]:.1f}" if k in reference else "-" for k in columns) + " |"
+    return text
