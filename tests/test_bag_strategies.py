@@ -11,7 +11,14 @@ import torch
 from bingo.bags.features import load_features, write_features_meta
 from bingo.bags.files import GroupBags, NeighbourBags, check_bags, load_bags, save_bags
 from bingo.bags.report import bag_report, write_montage
-from bingo.bags.strategies import cluster_bags, kmeans_strategy, label_strategy, make_bags, random_strategy
+from bingo.bags.strategies import (
+    cluster_bags,
+    kmeans_strategy,
+    label_strategy,
+    make_bags,
+    random_strategy,
+    self_strategy,
+)
 from bingo.config import BagsConfig
 from bingo.errors import UserError
 from test_bags import brute_force, clustered, normalised
@@ -105,6 +112,13 @@ def test_random_bags_never_hold_the_anchor_and_cover_everyone():
     np.testing.assert_array_equal(random_strategy(50, 5, seed=3).neighbours, bags.neighbours)
     assert not np.array_equal(random_strategy(50, 5, seed=4).neighbours, bags.neighbours)
     assert random_strategy(2, 1, seed=0).neighbours.tolist() == [[1], [0]]
+
+
+def test_self_bags_hold_only_the_anchor():
+    bags = make_bags(BagsConfig(strategy="self", k=10_000), None, np.array([0, 1, 1, 2]), seed=0)  # k is not used
+    assert bags.meta == {"strategy": "self", "kind": "neighbours"}
+    assert [bags.positive(a) for a in range(4)] == [0, 1, 2, 3] and bags.purity(np.array([0, 1, 1, 2])) == 1.0
+    np.testing.assert_array_equal(self_strategy(3).members(1), [1])
 
 
 @pytest.mark.parametrize("strategy,key", [("knn", "bags.k"), ("random", "bags.k"), ("kmeans", "bags.clusters")])

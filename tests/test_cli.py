@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import math
 import shutil
 
@@ -306,3 +307,14 @@ def test_bad_input_in_a_real_process(case, chain, tmp_path):
     assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("bingo: error: "), proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
     assert not (tmp_path / "out").exists() and not (tmp_path / "MARKER").exists()
+
+
+def test_a_resumed_run_keeps_its_earlier_metrics(tmp_path, bingo_logger_guard):
+    run = tmp_path / "moco"
+    args = ["distill", *tiny_sets("trainer.limit_train_batches=2", "trainer.loggers=[csv]"), "--method", "moco",
+            "--out", str(run)]
+    assert main(args) == 0
+    assert main([*args, "--set", "distill.optim.epochs=2", "--resume"]) == 0  # Lightning's logger deletes the file
+    assert main([*args, "--set", "distill.optim.epochs=2", "--resume"]) == 0  # already finished: nothing to add
+    steps = {row["step"] for row in csv.DictReader(open(run / "logs" / "metrics.csv")) if row["train/loss_step"]}
+    assert steps == {"0", "1", "2", "3"} and not (run / "logs" / "earlier-metrics.csv").exists()

@@ -39,7 +39,7 @@ def test_compare_two_methods_two_seeds(chain, tmp_path, capsys, bingo_logger_gua
 
     # Rerun with --resume: finished runs and evaluations are reused, a missing evaluation is redone.
     students = {p: p.stat().st_mtime_ns for p in out.rglob("student.safetensors")}
-    (out / "bingo" / "seed-1" / "eval" / "results.json").unlink()
+    (out / "bingo" / "seed-1" / "eval" / "knn+linear" / "results.json").unlink()
     capsys.readouterr()
     assert main(compare_args(chain, out, "--methods", "moco", "bingo", "--seeds", "0", "1", "--resume")) == 0
     assert {p: p.stat().st_mtime_ns for p in out.rglob("student.safetensors")} == students
@@ -55,19 +55,25 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(chain, tmp_path, capsys,
     from bingo import pipeline
 
     out = tmp_path / "cmp"
-    # An interrupted run: one epoch done and checkpointed, no student file yet.
-    assert main(["distill", *tiny_sets("trainer.limit_train_batches=2"), "--method", "moco", "--seed", "0",
-                 "--out", str(out / "moco" / "seed-0")]) == 0
+    # An interrupted run: checkpointed, but no student file yet.
+    assert main(["distill", *tiny_sets("trainer.limit_train_batches=2", "trainer.loggers=[csv]"), "--method", "moco",
+                 "--seed", "0", "--out", str(out / "moco" / "seed-0")]) == 0
     (out / "moco" / "seed-0" / "student.safetensors").unlink()
     calls = []
     real = pipeline.run_distill
     monkeypatch.setattr(pipeline, "run_distill", lambda cfg, folder, resume: calls.append(resume) or
                         real(cfg, folder, resume))
-    assert main(compare_args(chain, out, "--methods", "moco", "--seeds", "0", "--set", "distill.optim.epochs=2",
-                             "--resume")) == 0
+    assert main(compare_args(chain, out, "--methods", "moco", "--seeds", "0", "--resume")) == 0
     assert calls == [True]
-    result = read_json(out / "moco" / "seed-0" / "results.json")
-    assert result["steps"] == 4 and result["epochs"] == 2  # the second epoch added to the first
+    assert (out / "moco" / "seed-0" / "student.safetensors").exists()
+
+    # A run folder trained with other settings is neither resumed nor reused.
+    (out / "moco" / "seed-0" / "student.safetensors").unlink()
+    capsys.readouterr()
+    assert main(compare_args(chain, out, "--methods", "moco", "--seeds", "0", "--set", "distill.optim.epochs=2",
+                             "--resume")) == 2
+    assert "seed-0 was trained with distill.optim.epochs=1, but this run asks for 2" in capsys.readouterr().err
+    assert calls == [True]
 
 
 def test_variants_from_a_config_file(tmp_path):

@@ -136,8 +136,10 @@ def seeded_config(run: Config, seed: int) -> Config:
 
 def check_same_config(folder: Path, cfg: Config) -> None:
     """Refuse to reuse or resume a run folder trained with other settings than `cfg` (evaluation settings aside)."""
-    saved = _training_settings(to_dict(from_dict(yaml.safe_load((folder / "config.yaml").read_text()))))
-    wanted = _training_settings(to_dict(cfg))
+    ignored = NOT_TRAINING + (() if needs_teacher(cfg) else ("teacher.",)) + \
+        (() if cfg.distill.method == "bingo" else ("distill.bags",))
+    saved = _settings(to_dict(from_dict(yaml.safe_load((folder / "config.yaml").read_text()))), ignored)
+    wanted = _settings(to_dict(cfg), ignored)
     changed = [key for key in wanted if saved.get(key) != wanted[key]]
     if changed:
         key = changed[0]
@@ -149,14 +151,14 @@ NOT_TRAINING = ("compare.", "repro.", "eval.", "monitor.", "pretrain.", "embed."
                 "trainer.loggers", "data.num_workers")  # settings that do not change a distilled student
 
 
-def _training_settings(tree: dict, prefix: str = "") -> dict:
-    """Dotted key -> value of every setting that shapes a distilled student."""
+def _settings(tree: dict, ignored: tuple[str, ...], prefix: str = "") -> dict:
+    """Dotted key -> value of every setting in `tree` but those under an `ignored` prefix."""
     flat = {}
     for key, value in tree.items():
         dotted = f"{prefix}{key}"
-        if f"{dotted}.".startswith(NOT_TRAINING):
+        if f"{dotted}.".startswith(ignored):
             continue
-        flat |= _training_settings(value, f"{dotted}.") if isinstance(value, dict) else {dotted: value}
+        flat |= _settings(value, ignored, f"{dotted}.") if isinstance(value, dict) else {dotted: value}
     return flat
 
 

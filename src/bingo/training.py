@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import resource
 import time
@@ -150,5 +152,42 @@ def fit(module: L.LightningModule, dataset: Dataset, cfg: Config, optim: OptimCo
                         num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0,
                         pin_memory=torch.cuda.is_available())
     checkpoint = out / LAST_CHECKPOINT
-    trainer.fit(module, loader, ckpt_path=checkpoint if resume and checkpoint.exists() else None)
+    resuming = resume and checkpoint.exists()
+    if resuming and is_rank_zero():
+        keep_metrics(out / "logs")
+    trainer.fit(module, loader, ckpt_path=checkpoint if resuming else None)
+    if resuming and is_rank_zero():
+        merge_metrics(out / "logs")
     return trainer
+
+
+def keep_metrics(logs: Path) -> None:
+    """Before resuming: move metrics.csv into earlier-metrics.csv, which Lightning's CSV logger would delete."""
+    current, earlier = logs / "metrics.csv", logs / "earlier-metrics.csv"
+    if current.exists():
+        _write_rows(earlier, _read_rows(earlier) + _read_rows(current))
+        current.unlink()
+
+
+def merge_metrics(logs: Path) -> None:
+    """After resuming: metrics.csv holds the earlier rows, then the new ones."""
+    earlier = logs / "earlier-metrics.csv"
+    if earlier.exists():
+        _write_rows(logs / "metrics.csv", _read_rows(earlier) + _read_rows(logs / "metrics.csv"))
+        earlier.unlink()
+
+
+def _read_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    columns = sorted(set().union(*rows)) if rows else []
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text.getvalue()))

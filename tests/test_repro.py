@@ -1,0 +1,135 @@
+"""`bingo repro`: tables sharing runs and bag files, the verdicts, the parts, resume, and the checks on a plan."""
+
+from __future__ import annotations
+
+import pytest
+
+from bingo.cli import main
+from bingo.compare import check_same_config
+from bingo.config import load_config
+from bingo.errors import UserError
+from bingo.repro import check_plan, verdict
+from conftest import read_json, tiny_config, tiny_sets
+
+PLAN = """
+repro:
+  bags:
+    knn-3: {set: [bags.strategy=knn, bags.k=3]}
+    self: {set: [bags.strategy=self]}
+    student-3: {set: [bags.strategy=student, bags.k=3], model: moco}
+  runs:
+    moco: {}
+    bingo: {bags: knn-3}
+    bingo-self: {method: bingo, bags: self}
+    bingo-student: {method: bingo, bags: student-3}
+  tables:
+    main: {title: "Main", runs: [moco, bingo]}
+    relations: {title: "Relations", runs: [moco, bingo-self, bingo-student, bingo], note: "a note"}
+  claims:
+    - {claim: "bingo beats moco", table: main, better: bingo, worse: moco, paper: "61.4 vs 52.5"}
+    - {claim: "teacher bags beat none", table: relations, better: bingo, worse: bingo-self, metric: kNN@3 top-1}
+    - {claim: "the teacher beats bingo", table: main, better: teacher, worse: bingo}
+"""
+
+
+def repro_args(out, plan, *extra: str) -> list[str]:
+    return ["repro", "--preset", "demo", "--config", str(plan),
+            *tiny_sets("trainer.limit_train_batches=2", "eval.linear.epochs=1"), "--seeds", "0", "1",
+            "--out", str(out), *extra]
+
+
+def test_tables_share_runs_and_resume_in_parts(tmp_path, capsys, bingo_logger_guard):
+    plan, out = tmp_path / "plan.yaml", tmp_path / "repro"
+    plan.write_text(PLAN)
+    assert main(repro_args(out, plan, "--tables", "main")) == 0
+    report = read_json(out / "results.json")
+    assert list(report["tables"]) == ["main"] and [c["claim"] for c in report["claims"]] == [
+        "bingo beats moco", "the teacher beats bingo"]
+    assert report["teacher"]["linear top-1"] == pytest.approx(report["claims"][1]["better_mean"], abs=0.01)
+    for claim in report["claims"]:
+        assert claim["verdict"] in ("holds", "does not hold", "within noise")
+    assert [p["table"] for p in read_json(out / "parts.json")] == ["main"]
+    first = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("student.safetensors")}
+    assert len(first) == 4  # moco and bingo, two seeds each
+
+    capsys.readouterr()
+    assert main(repro_args(out, plan, "--tables", "relations")) == 2  # the folder holds a run: --resume
+    assert "pass --resume" in capsys.readouterr().err
+    assert main(repro_args(out, plan, "--tables", "relations", "--resume")) == 0
+    log = capsys.readouterr().err
+    assert "training moco" not in log and "training bingo," not in log  # shared with the main table: reused
+    assert "training bingo-student, seed 1" in log and "evaluating bingo, seed 0" not in log
+    assert {p: p.stat().st_mtime_ns for p in first} == first
+    bags = read_json(out / "bags" / "student-3" / "results.json")
+    assert bags["source"]["path"].endswith("runs/moco/seed-0/student.safetensors")
+
+    report = read_json(out / "results.json")
+    assert list(report["tables"]) == ["main", "relations"] and len(report["claims"]) == 3
+    assert report["claims"][1]["metric"] == "kNN@3 top-1"
+    assert [p["table"] for p in report["parts"]] == ["main", "relations"]
+    text = (out / "results.md").read_text()
+    assert "## Claims" in text and "## Main" in text and "## Relations" in text and "a note" in text
+    assert "| teacher (reference) |" in text and "--tables relations --resume" in text
+    for table in ("main", "relations"):
+        assert (out / "tables" / table / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_run_trained_with_other_settings_is_not_reused(tmp_path):
+    folder = tmp_path / "seed-0"
+    folder.mkdir()
+    from bingo.config import save_config
+
+    cfg = tiny_config()
+    save_config(cfg, folder)
+    check_same_config(folder, tiny_config("eval.linear.epochs=7", "compare.seeds=[5]"))  # evaluation only: fine
+    with pytest.raises(UserError, match=r"trained with distill.optim.lr=0.06, but this run asks for 0.5; remove"):
+        check_same_config(folder, tiny_config("distill.optim.lr=0.5"))
+
+
+@pytest.mark.parametrize("better,worse,expected", [
+    ([70.0, 71.0, 72.0], [60.0, 61.0, 62.0], "holds"),
+    ([60.0, 61.0, 62.0], [70.0, 71.0, 72.0], "does not hold"),
+    ([70.0, 65.0, 75.0], [69.0, 64.0, 74.0], "within noise"),
+    ([70.0], [60.0], "one seed: no verdict"),
+    ([70.0], [60.0, 61.0, 62.0], "holds"),  # a reference value against seeds
+])
+def test_verdict(better, worse, expected):
+    outcome, difference, error = verdict(better, worse)
+    assert outcome == expected and difference == pytest.approx(sum(better) / len(better) - sum(worse) / len(worse))
+    assert error >= 0
+
+
+def test_the_shipped_plan_is_consistent():
+    cfg = load_config("repro")
+    assert check_plan(cfg, None) == ["main", "relations", "bags", "k", "ablations", "semi"]
+    assert (cfg.teacher.width, cfg.student.width, cfg.data.train_subset) == (32, 16, 10000)  # demo's, inherited
+    assert len(cfg.compare.seeds) >= 3 and cfg.trainer.accelerator == "auto"
+    runs = cfg.repro.tables["relations"]["runs"]
+    assert len(runs) == 6  # the six rows of method.md §1.3
+
+
+@pytest.mark.parametrize("plan,message", [
+    ({"tables": {}}, "nothing to reproduce"),
+    ({"runs": {"a": {"bags": "nope"}}, "tables": {"t": {"runs": ["a"]}}}, "repro.runs.a: bags 'nope' is not in"),
+    ({"runs": {"a": {}}, "tables": {"t": {"runs": ["b"]}}}, "repro.tables.t: run 'b' is not in repro.runs"),
+    ({"runs": {"a": {}}, "tables": {"t": {"runs": []}}}, "repro.tables.t: no runs"),
+    ({"runs": {"a": {"lr": 1}}, "tables": {"t": {"runs": ["a"]}}}, "repro.runs.a has unknown keys ['lr']"),
+    ({"bags": {"b": {"model": "x"}}, "runs": {"a": {}}, "tables": {"t": {"runs": ["a"]}}},
+     "repro.bags.b: model 'x' is not a run"),
+    ({"runs": {"a": {}}, "tables": {"t": {"runs": ["a"]}}, "claims": [{"claim": "c", "table": "t", "better": "a",
+                                                                      "worse": "z"}]},
+     "repro.claims: 'c' must name a table and two of its runs"),
+])
+def test_bad_plans_are_refused(plan, message):
+    cfg = load_config("demo")
+    for key, value in plan.items():
+        setattr(cfg.repro, key, value)
+    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        check_plan(cfg, None)
+
+
+def test_unknown_table_is_one_line_and_writes_nothing(tmp_path, capsys, bingo_logger_guard):
+    assert main(["repro", "--tables", "nope", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "bingo: error: unknown table 'nope'; choose from: main, relations, bags, k, ablations, semi"
+    assert not (tmp_path / "r").exists()
