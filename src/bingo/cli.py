@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "repro":
             sub.add_argument("--tables", nargs="+", metavar="TABLE",
                              help="run only these tables (the experiment in parts; default: all, in order)")
+            sub.add_argument("--report", action="store_true",
+                             help="only rewrite OUT/results.md and results.json from what OUT holds; train nothing")
         if name == "compare":
             sub.add_argument("--methods", nargs="+", metavar="METHOD",
                              help="methods to compare (variants: compare.runs in a --config file)")
@@ -170,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             from bingo.repro import run_repro
 
             command = " ".join(["bingo", *(sys.argv[1:] if argv is None else argv)])
-            report = run_repro(cfg, args.out, args.tables, args.resume, command)
+            report = run_repro(cfg, args.out, args.tables, args.resume, command, args.report)
             print((args.out / "results.md").read_text() if report else "")
         elif args.command == "eval":
             protocols = PROTOCOLS if "all" in args.protocols else tuple(dict.fromkeys(args.protocols))

@@ -9,9 +9,10 @@ each run is trained and evaluated once per seed, whichever tables show it. In OU
     runs/NAME/seed-S/      each run, evaluated into eval/PROTOCOLS/
     tables/TABLE/          each table: results.json, results.md, accuracy.png, training curves
     results.md, results.json   every table done so far, the verdict on each claim, machine and wall times
+    results/TABLE.png      each table's chart: accuracies, and accuracy against training time
 
 `--tables` runs some tables only (the experiment in parts); `--resume` continues: finished pieces are
-reused, an interrupted training continues from its last checkpoint.
+reused, an interrupted training continues from its last checkpoint; `--report` only rewrites the report.
 """
 
 from __future__ import annotations
@@ -41,13 +42,19 @@ SHOWN = ("kNN@10 top-1", "kNN@200 top-1", "linear top-1", "semi 1% top-1", "semi
 
 
 def run_repro(cfg: Config, out: Path, tables: list[str] | None = None, resume: bool = False,
-              command: str = "bingo repro") -> dict:
+              command: str = "bingo repro", report_only: bool = False) -> dict:
     """Train, evaluate and summarise the chosen tables (all by default); then the report of every table done.
 
     Each finished table's wall time in this invocation goes to OUT/parts.json with `command`.
+    `report_only`: rewrite the report from what OUT holds, training nothing.
     """
     started = time.perf_counter()
     tables = check_plan(cfg, tables)
+    if report_only:
+        if not (out / "config.yaml").exists():
+            raise UserError(f"{out} holds no 'bingo repro' run to report on")
+        evaluation = out / "teacher" / "eval" / "+".join(cfg.repro.teacher_protocols) / "results.json"
+        return write_report(cfg, out, _reference(evaluation) if evaluation.exists() else None)
     prepare_run_folder(out, cfg, resume)
     cfg = copy.deepcopy(cfg)
     cfg.teacher.checkpoint = str(teacher_file(cfg, out))
@@ -111,7 +118,6 @@ def teacher_row(cfg: Config, out: Path) -> dict | None:
     """The teacher's own accuracies (evaluated once, reused), the reference row of the tables."""
     from bingo.models.checkpoints import load_encoder
     from bingo.pipeline import evaluate_into
-    from bingo.report import flat_metrics
 
     if not is_rank_zero():
         return None
@@ -121,6 +127,13 @@ def teacher_row(cfg: Config, out: Path) -> dict | None:
         log.info("repro: evaluating the teacher")
         encoder = load_encoder(cfg.teacher.checkpoint, cfg.teacher, cfg.data)
         evaluate_into(cfg, encoder, "teacher", protocols, results.parent)
+    return _reference(results)
+
+
+def _reference(results: Path) -> dict:
+    """The teacher's accuracies from its evaluation's results.json."""
+    from bingo.report import flat_metrics
+
     (row,) = json.loads(results.read_text())["rows"].values()
     return flat_metrics(row)
 
@@ -240,8 +253,45 @@ def write_report(cfg: Config, out: Path, reference: dict | None) -> dict:
               "teacher": reference, "tables": summaries, "claims": judge(cfg, summaries, reference), "parts": parts,
               "wall_time_s": round(sum(p["wall_time_s"] for p in parts), 1)}
     write_results(out, report)
+    for table, summary in summaries.items():
+        table_chart(summary, ["kNN@10 top-1", cfg.repro.metric], reference, out / "results" / f"{table}.png")
     (out / "results.md").write_text(report_markdown(cfg, report))
     return report
+
+
+def table_chart(summary: dict, metrics: list[str], reference: dict | None, path: Path) -> None:
+    """Left: each run's accuracies (mean ± std over seeds; teacher dashed). Right: accuracy against training time."""
+    from bingo.plots import pyplot, save_figure
+
+    plt = pyplot()
+    runs = summary["runs"]
+    metrics = [m for m in dict.fromkeys(metrics) if all(m in run["mean"] for run in runs.values())]
+    if not metrics:
+        metrics = [next(k for k in next(iter(runs.values()))["mean"] if "top-1" in k)]
+    figure, (bars, times) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [3, 2]})
+    width = 0.8 / len(metrics)
+    for i, metric in enumerate(metrics):
+        x = np.arange(len(runs)) + i * width
+        bars.bar(x, [run["mean"][metric] for run in runs.values()], width,
+                 yerr=[run["std"][metric] for run in runs.values()], capsize=3, label=metric, color=f"C{i}")
+        if reference and metric in reference:
+            bars.axhline(reference[metric], color=f"C{i}", linestyle="--", linewidth=1, label=f"teacher {metric}")
+    bars.set_xticks(np.arange(len(runs)) + width * (len(metrics) - 1) / 2, list(runs), rotation=30, ha="right",
+                    fontsize=8)
+    low = min(run["mean"][m] - run["std"][m] for run in runs.values() for m in metrics)
+    bars.set_ylim(max(0, low - 5), None)
+    bars.set_ylabel("accuracy (%)")
+    bars.legend(fontsize=7)
+    metric, clock = metrics[-1], "train wall time (s)"
+    for i, (name, run) in enumerate(runs.items()):
+        if clock in run["mean"]:
+            times.errorbar(run["mean"][clock] / 60, run["mean"][metric], yerr=run["std"][metric],
+                           xerr=run["std"][clock] / 60, fmt="o", capsize=3, color=f"C{i % 10}", label=name)
+    times.set_xlabel("training time per run (min)")
+    times.set_ylabel(metric + " (%)")
+    times.legend(fontsize=7)
+    figure.suptitle(f"mean ± std over {len(summary['seeds'])} seeds", fontsize=9)
+    save_figure(figure, path)
 
 
 def report_markdown(cfg: Config, report: dict) -> str:
@@ -258,7 +308,7 @@ def report_markdown(cfg: Config, report: dict) -> str:
     for table, summary in report["tables"].items():
         spec = cfg.repro.tables[table]
         lines += ["", f"## {spec.get('title', table)}", "", table_markdown(summary, report["teacher"]), "",
-                  f"![{table}](tables/{table}/accuracy.png)"]
+                  f"![{table}](results/{table}.png)"]
         if spec.get("note"):
             lines += ["", spec["note"]]
     lines += ["", "## Commands", "", "| table | wall time (min) | finished | command |", "|---|---|---|---|"]
