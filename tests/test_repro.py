@@ -72,6 +72,15 @@ def test_tables_share_runs_and_resume_in_parts(tmp_path, capsys, bingo_logger_gu
     assert "| teacher (reference) |" in text and "--tables relations --resume" in text
     for table in ("main", "relations"):
         assert (out / "tables" / table / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+        assert (out / "results" / f"{table}.png").read_bytes()[:4] == b"\x89PNG"
+        assert f"![{table}](results/{table}.png)" in text
+
+    # --report rewrites the report from what is there, training nothing.
+    (out / "results.md").unlink()
+    assert main(repro_args(out, plan, "--report")) == 0
+    assert (out / "results.md").read_text() == text
+    assert main(repro_args(tmp_path / "none", plan, "--report")) == 2
+    assert "holds no 'bingo repro' run" in capsys.readouterr().err
 
 
 def test_a_run_trained_with_other_settings_is_not_reused(tmp_path):

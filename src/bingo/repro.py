@@ -254,20 +254,18 @@ def write_report(cfg: Config, out: Path, reference: dict | None) -> dict:
               "wall_time_s": round(sum(p["wall_time_s"] for p in parts), 1)}
     write_results(out, report)
     for table, summary in summaries.items():
-        table_chart(summary, ["kNN@10 top-1", cfg.repro.metric], reference, out / "results" / f"{table}.png")
+        table_chart(summary, reference, out / "results" / f"{table}.png")
     (out / "results.md").write_text(report_markdown(cfg, report))
     return report
 
 
-def table_chart(summary: dict, metrics: list[str], reference: dict | None, path: Path) -> None:
+def table_chart(summary: dict, reference: dict | None, path: Path) -> None:
     """Left: each run's accuracies (mean ± std over seeds; teacher dashed). Right: accuracy against training time."""
     from bingo.plots import pyplot, save_figure
 
     plt = pyplot()
     runs = summary["runs"]
-    metrics = [m for m in dict.fromkeys(metrics) if all(m in run["mean"] for run in runs.values())]
-    if not metrics:
-        metrics = [next(k for k in next(iter(runs.values()))["mean"] if "top-1" in k)]
+    metrics = [m for m in SHOWN if "top-1" in m and all(m in run["mean"] for run in runs.values())]
     figure, (bars, times) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [3, 2]})
     width = 0.8 / len(metrics)
     for i, metric in enumerate(metrics):
