@@ -46,6 +46,14 @@ def test_compare_two_methods_two_seeds(chain, tmp_path, capsys, bingo_logger_gua
     assert "evaluating bingo, seed 1" in capsys.readouterr().err
     assert read_json(out / "results.json")["runs"]["bingo"]["mean"] == summary["runs"]["bingo"]["mean"]
 
+    # Other evaluation settings: the trained runs are reused, their evaluations redone.
+    assert main(compare_args(chain, out, "--methods", "moco", "--seeds", "0", "--resume",
+                             "--set", "eval.linear.epochs=2")) == 0
+    assert "other evaluation settings: evaluating again" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("student.safetensors")} == students
+    assert read_json(out / "moco" / "seed-0" / "eval" / "knn+linear" / "results.json")["settings"]["eval"]["linear"][
+        "epochs"] == 2
+
     # Without --resume the folder is refused, untouched.
     assert main(compare_args(chain, out, "--methods", "moco")) == 2
     assert "already holds a run; pass --resume" in capsys.readouterr().err

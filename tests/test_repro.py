@@ -43,9 +43,11 @@ def test_tables_share_runs_and_resume_in_parts(tmp_path, capsys, bingo_logger_gu
     plan.write_text(PLAN)
     assert main(repro_args(out, plan, "--tables", "main")) == 0
     report = read_json(out / "results.json")
-    assert list(report["tables"]) == ["main"] and [c["claim"] for c in report["claims"]] == [
-        "bingo beats moco", "the teacher beats bingo"]
-    assert report["teacher"]["linear top-1"] == pytest.approx(report["claims"][1]["better_mean"], abs=0.01)
+    assert list(report["tables"]) == ["main"]
+    assert [(c["claim"], c["metric"]) for c in report["claims"]] == [
+        ("bingo beats moco", "linear top-1"), ("bingo beats moco", "kNN@10 top-1"),
+        ("the teacher beats bingo", "linear top-1"), ("the teacher beats bingo", "kNN@10 top-1")]
+    assert report["teacher"]["linear top-1"] == pytest.approx(report["claims"][2]["better_mean"], abs=0.01)
     for claim in report["claims"]:
         assert claim["verdict"] in ("holds", "does not hold", "within noise")
     assert [p["table"] for p in read_json(out / "parts.json")] == ["main"]
@@ -64,8 +66,8 @@ def test_tables_share_runs_and_resume_in_parts(tmp_path, capsys, bingo_logger_gu
     assert bags["source"]["path"].endswith("runs/moco/seed-0/student.safetensors")
 
     report = read_json(out / "results.json")
-    assert list(report["tables"]) == ["main", "relations"] and len(report["claims"]) == 3
-    assert report["claims"][1]["metric"] == "kNN@3 top-1"
+    assert list(report["tables"]) == ["main", "relations"] and len(report["claims"]) == 5
+    assert [c["metric"] for c in report["claims"] if c["claim"] == "teacher bags beat none"] == ["kNN@3 top-1"]
     assert [p["table"] for p in report["parts"]] == ["main", "relations"]
     text = (out / "results.md").read_text()
     assert "## Claims" in text and "## Main" in text and "## Relations" in text and "a note" in text

@@ -113,16 +113,17 @@ def train_run(run: Config, seed: int, root: Path, name: str) -> Path:
 
 def evaluate_run(run: Config, seed: int, student: Path, name: str, evaluation: Evaluation) -> dict:
     """A trained student's accuracies by the evaluation's protocols (reused when done) and its training time."""
-    from bingo.pipeline import evaluate_into
+    from bingo.pipeline import current_evaluation, evaluate_into
 
     seeded = seeded_config(run, seed)
-    results = student.parent / "eval" / evaluation.folder / "results.json"
-    if not results.exists():
+    folder = student.parent / "eval" / evaluation.folder
+    results = current_evaluation(folder / "results.json", seeded)
+    if results is None:
         log.info("compare: evaluating %s, seed %d (%s)", name, seed, ", ".join(evaluation.protocols))
         encoder = load_encoder(student, seeded.student, seeded.data)
-        evaluate_into(seeded, encoder, f"{name} seed {seed}", evaluation.protocols, results.parent,
-                      evaluation.datasets, evaluation.transfer)
-    (row,) = json.loads(results.read_text())["rows"].values()
+        results = evaluate_into(seeded, encoder, f"{name} seed {seed}", evaluation.protocols, folder,
+                                evaluation.datasets, evaluation.transfer)
+    (row,) = results["rows"].values()
     return {**flat_metrics(row),
             "train wall time (s)": json.loads((student.parent / "results.json").read_text()).get("wall_time_s")}
 

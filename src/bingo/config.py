@@ -271,7 +271,7 @@ class ReproConfig:
     runs: dict[str, Any] = field(default_factory=dict)  # name -> {method, set, bags: NAME}, shared by the tables
     tables: dict[str, Any] = field(default_factory=dict)  # name -> {title, runs: [RUN ...], protocols, note}
     claims: list[Any] = field(default_factory=list)  # {claim, table, better: RUN, worse: RUN, metric, paper}
-    metric: str = "linear top-1"  # the accuracy a claim is judged on unless it names another
+    metrics: list[str] = field(default_factory=lambda: ["linear top-1", "kNN@10 top-1"])  # claims judged on these
     teacher_protocols: list[str] = field(default_factory=lambda: ["knn", "linear"])  # the teacher's reference row
 
 

@@ -25,7 +25,7 @@ from bingo.bags.files import check_bags, load_bags, save_bags
 from bingo.bags.knn import bag_purity, knn_bags
 from bingo.bags.report import bag_report, write_montage
 from bingo.bags.strategies import FEATURE_STRATEGIES, check_request, make_bags
-from bingo.config import PROTOCOLS, Config, ModelConfig
+from bingo.config import PROTOCOLS, Config, ModelConfig, to_dict
 from bingo.data.datasets import ImageDataset, build_dataset
 from bingo.data.transforms import moco_v2_transform
 from bingo.data.views import BagViews, Views
@@ -206,10 +206,27 @@ def evaluate_into(cfg: Config, encoder: Encoder | None, label: str, protocols: t
     started = time.perf_counter()
     row = evaluate(cfg, encoder, protocols, out, datasets, transfer)
     results = {"rows": {label: row}, "protocols": list(protocols), "seed": cfg.seed, "wall_time_s": _since(started),
-               "peak_memory": peak_memory_mib()}
+               "peak_memory": peak_memory_mib(), "settings": eval_settings(cfg)}
     write_results(out, results)
     if is_rank_zero():
         write_report(out, results, f"bingo eval: {label} on {cfg.data.name}")
+    return results
+
+
+def eval_settings(cfg: Config) -> dict:
+    """What an evaluation's result depends on besides the model: the eval section and the data set."""
+    data = {k: v for k, v in to_dict(cfg.data).items() if k not in ("num_workers", "download")}
+    return json.loads(json.dumps({"eval": to_dict(cfg.eval), "data": data}))  # as read back from results.json
+
+
+def current_evaluation(path: Path, cfg: Config) -> dict | None:
+    """An earlier evaluation's results.json, if it exists and was made with `cfg`'s evaluation settings."""
+    if not path.exists():
+        return None
+    results = json.loads(path.read_text())
+    if results.get("settings") != eval_settings(cfg):
+        log.info("%s was made with other evaluation settings: evaluating again", path.parent)
+        return None
     return results
 
 

@@ -54,7 +54,7 @@ def run_repro(cfg: Config, out: Path, tables: list[str] | None = None, resume: b
         if not (out / "config.yaml").exists():
             raise UserError(f"{out} holds no 'bingo repro' run to report on")
         evaluation = out / "teacher" / "eval" / "+".join(cfg.repro.teacher_protocols) / "results.json"
-        return write_report(cfg, out, _reference(evaluation) if evaluation.exists() else None)
+        return write_report(cfg, out, _reference(json.loads(evaluation.read_text())) if evaluation.exists() else None)
     prepare_run_folder(out, cfg, resume)
     cfg = copy.deepcopy(cfg)
     cfg.teacher.checkpoint = str(teacher_file(cfg, out))
@@ -117,24 +117,25 @@ def teacher_file(cfg: Config, out: Path) -> Path:
 def teacher_row(cfg: Config, out: Path) -> dict | None:
     """The teacher's own accuracies (evaluated once, reused), the reference row of the tables."""
     from bingo.models.checkpoints import load_encoder
-    from bingo.pipeline import evaluate_into
+    from bingo.pipeline import current_evaluation, evaluate_into
 
     if not is_rank_zero():
         return None
     protocols = tuple(cfg.repro.teacher_protocols)
-    results = out / "teacher" / "eval" / "+".join(protocols) / "results.json"
-    if not results.exists():
+    folder = out / "teacher" / "eval" / "+".join(protocols)
+    results = current_evaluation(folder / "results.json", cfg)
+    if results is None:
         log.info("repro: evaluating the teacher")
         encoder = load_encoder(cfg.teacher.checkpoint, cfg.teacher, cfg.data)
-        evaluate_into(cfg, encoder, "teacher", protocols, results.parent)
+        results = evaluate_into(cfg, encoder, "teacher", protocols, folder)
     return _reference(results)
 
 
-def _reference(results: Path) -> dict:
-    """The teacher's accuracies from its evaluation's results.json."""
+def _reference(results: dict) -> dict:
+    """The teacher's accuracies from its evaluation's results."""
     from bingo.report import flat_metrics
 
-    (row,) = json.loads(results.read_text())["rows"].values()
+    (row,) = results["rows"].values()
     return flat_metrics(row)
 
 
@@ -204,27 +205,33 @@ def verdict(better: list[float], worse: list[float]) -> tuple[str, float, float]
 
 
 def judge(cfg: Config, summaries: dict[str, dict], reference: dict | None) -> list[dict]:
-    """Every claim whose table is done: both sides' mean ± std, the difference and the verdict."""
+    """Every claim whose table is done, on each of its metrics: both sides' mean ± std, the difference, the verdict.
+
+    A claim is judged on its own `metric` if it names one, else on each of repro.metrics.
+    """
     judged = []
     for claim in cfg.repro.claims:
         summary = summaries.get(claim["table"])
         if summary is None:
             continue
-        metric = claim.get("metric", cfg.repro.metric)
-        sides = {}
-        for side in ("better", "worse"):
-            name = claim[side]
-            sides[side] = [reference[metric]] if name == "teacher" and reference and metric in reference else \
-                [seed[metric] for seed in summary["runs"].get(name, {}).get("seeds", {}).values() if metric in seed]
-        if not sides["better"] or not sides["worse"]:
-            continue
-        outcome, difference, error = verdict(sides["better"], sides["worse"])
-        judged.append({**claim, "metric": metric, "verdict": outcome, "difference": round(difference, 2),
-                       "standard_error": round(error, 2),
-                       **{f"{side}_mean": round(float(np.mean(v)), 2) for side, v in sides.items()},
-                       **{f"{side}_std": round(float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, 2)
-                          for side, v in sides.items()}})
+        for metric in [claim["metric"]] if claim.get("metric") else cfg.repro.metrics:
+            sides = {side: _values(summary, claim[side], metric, reference) for side in ("better", "worse")}
+            if not sides["better"] or not sides["worse"]:
+                continue
+            outcome, difference, error = verdict(sides["better"], sides["worse"])
+            judged.append({**claim, "metric": metric, "verdict": outcome, "difference": round(difference, 2),
+                           "standard_error": round(error, 2),
+                           **{f"{side}_mean": round(float(np.mean(v)), 2) for side, v in sides.items()},
+                           **{f"{side}_std": round(float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, 2)
+                              for side, v in sides.items()}})
     return judged
+
+
+def _values(summary: dict, run: str, metric: str, reference: dict | None) -> list[float]:
+    """A run's value of `metric` for each seed (the teacher: its one reference value)."""
+    if run == "teacher":
+        return [reference[metric]] if reference and metric in reference else []
+    return [seed[metric] for seed in summary["runs"].get(run, {}).get("seeds", {}).values() if metric in seed]
 
 
 def log_part(out: Path, command: str, table: str, seconds: float) -> None:
@@ -249,7 +256,7 @@ def write_report(cfg: Config, out: Path, reference: dict | None) -> dict:
     summaries = {t: json.loads((out / "tables" / t / "results.json").read_text()) for t in cfg.repro.tables
                  if (out / "tables" / t / "results.json").exists()}
     parts = json.loads((out / "parts.json").read_text()) if (out / "parts.json").exists() else []
-    report = {"machine": machine(), "seeds": list(cfg.compare.seeds), "metric": cfg.repro.metric,
+    report = {"machine": machine(), "seeds": list(cfg.compare.seeds), "metrics": list(cfg.repro.metrics),
               "teacher": reference, "tables": summaries, "claims": judge(cfg, summaries, reference), "parts": parts,
               "wall_time_s": round(sum(p["wall_time_s"] for p in parts), 1)}
     write_results(out, report)
@@ -299,10 +306,11 @@ def report_markdown(cfg: Config, report: dict) -> str:
              f"{report['machine']['torch']}. Total wall time of the parts: {report['wall_time_s'] / 60:.0f} min.", "",
              "## Claims", "", "| claim | metric | better | worse | difference | verdict | paper |",
              "|---|---|---|---|---|---|---|"]
-    for c in report["claims"]:
-        lines.append(f"| {c['claim']} | {c['metric']} | {c['better']} {c['better_mean']:.1f} ± {c['better_std']:.1f} "
+    for previous, c in zip([{}, *report["claims"]], report["claims"], strict=False):
+        claim = "" if previous.get("claim") == c["claim"] else c["claim"]  # one claim, several metrics: named once
+        lines.append(f"| {claim} | {c['metric']} | {c['better']} {c['better_mean']:.1f} ± {c['better_std']:.1f} "
                      f"| {c['worse']} {c['worse_mean']:.1f} ± {c['worse_std']:.1f} | {c['difference']:+.1f} "
-                     f"± {c['standard_error']:.1f} | {c['verdict']} | {c.get('paper', '-')} |")
+                     f"± {c['standard_error']:.1f} | {c['verdict']} | {c.get('paper', '-') if claim else ''} |")
     for table, summary in report["tables"].items():
         spec = cfg.repro.tables[table]
         lines += ["", f"## {spec.get('title', table)}", "", table_markdown(summary, report["teacher"]), "",
