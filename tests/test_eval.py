@@ -17,7 +17,7 @@ from bingo.bags import search
 from bingo.data.datasets import build_dataset
 from bingo.errors import UserError
 from bingo.eval.knn import knn_accuracy
-from bingo.eval.linear import Classifier, linear_eval, paper_lr, train_and_test
+from bingo.eval.linear import Classifier, lbfgs_probe, linear_eval, paper_lr, train_and_test
 from bingo.eval.semi import SUBSETS_FILE, balanced_subset, label_subsets, semi_supervised
 from conftest import check_ok, read_json, run_cli, tiny_config, tiny_encoder, tiny_sets
 
@@ -88,6 +88,25 @@ def test_shuffled_labels_stay_near_chance(tmp_path):
                             TensorDataset(torch.from_numpy(test_x), torch.from_numpy(test_y)),
                             tiny_config(), epochs=10, batch_size=64, out=tmp_path)
     assert result["top1"] < 40
+
+
+def test_lbfgs_probe_separates_what_is_separable_and_nothing_else():
+    train_x, train_y = (torch.from_numpy(a) for a in clustered(800, 5, 32, 0.3, seed=1))
+    test_x, test_y = (torch.from_numpy(a) for a in clustered(200, 5, 32, 0.3, seed=2))
+    result = lbfgs_probe(train_x, train_y, test_x, test_y, 5, weight_decay=1e-4, iterations=100)
+    assert result["top1"] >= 97 and result["top5"] == 100 and result["train_loss"] < 0.3
+    shuffled = train_y[torch.from_numpy(np.random.default_rng(0).permutation(800))]
+    assert lbfgs_probe(train_x, shuffled, test_x, test_y, 5, weight_decay=1e-4, iterations=100)["top1"] < 40
+
+
+def test_lbfgs_probe_does_not_depend_on_the_feature_scale():
+    """Converged, unregularised: features ten times larger give the same classifier (the SGD probe does not)."""
+    train_x, train_y = (torch.from_numpy(a) for a in clustered(600, 4, 16, 1.5, seed=3))
+    test_x, test_y = (torch.from_numpy(a) for a in clustered(300, 4, 16, 1.5, seed=4))
+    small = lbfgs_probe(train_x, train_y, test_x, test_y, 4, weight_decay=0.0, iterations=500)
+    large = lbfgs_probe(10 * train_x, train_y, 10 * test_x, test_y, 4, weight_decay=0.0, iterations=500)
+    assert 40 < small["top1"] < 97 and small["top1"] == pytest.approx(large["top1"], abs=0.34)
+    assert small["train_loss"] == pytest.approx(large["train_loss"], abs=1e-3)
 
 
 def test_paper_linear_protocol_leaves_the_backbone_untouched(tmp_path):

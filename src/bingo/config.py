@@ -198,7 +198,8 @@ class DistillConfig:
 class LinearEvalConfig:
     """The linear protocol: one linear layer on the frozen backbone (method.md §3)."""
 
-    variant: str = "paper"  # paper: augmented images through the frozen backbone | fast: pre-extracted features
+    variant: str = "paper"  # paper: augmented images through the frozen backbone | fast: pre-extracted features, SGD
+    # | lbfgs: pre-extracted features, logistic regression fitted to convergence (no lr; epochs: at most, iterations)
     epochs: int = 100
     batch_size: int = 256
     lr: float = 0.0  # per 256 images; 0: the protocol's default (paper: 30 for ResNets, 3 otherwise; fast: 0.1)

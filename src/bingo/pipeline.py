@@ -31,7 +31,7 @@ from bingo.data.transforms import moco_v2_transform
 from bingo.data.views import BagViews, Views
 from bingo.errors import UserError
 from bingo.eval.knn import knn_accuracy
-from bingo.eval.linear import check_linear, linear_eval
+from bingo.eval.linear import FEATURE_VARIANTS, check_linear, linear_eval
 from bingo.eval.semi import check_semi, semi_supervised
 from bingo.methods import METHODS, MoCo, build_method, needs_teacher
 from bingo.methods.base import Method
@@ -241,7 +241,7 @@ def evaluate(cfg: Config, encoder: Encoder | None, protocols: tuple[str, ...], o
     L.seed_everything(cfg.seed, verbose=False)
     bank, test = datasets or eval_datasets(cfg)
     result = {"params": None if encoder is None else count_parameters(encoder.backbone)}
-    fast_linear = cfg.eval.linear.variant == "fast"
+    fast_linear = cfg.eval.linear.variant in FEATURE_VARIANTS
     features = None
     if "knn" in protocols or ("linear" in protocols and fast_linear):
         features = frozen_features(cfg, encoder, bank), frozen_features(cfg, encoder, test)
