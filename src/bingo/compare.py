@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from bingo.config import Config, from_dict, load_config, to_dict
+from bingo.config import Config, load_config, to_dict
 from bingo.errors import UserError
 from bingo.methods import METHODS, needs_teacher
 from bingo.models.checkpoints import load_encoder
@@ -139,8 +139,8 @@ def check_same_config(folder: Path, cfg: Config) -> None:
     """Refuse to reuse or resume a run folder trained with other settings than `cfg` (evaluation settings aside)."""
     ignored = NOT_TRAINING + (() if needs_teacher(cfg) else ("teacher.",)) + \
         (() if cfg.distill.method == "bingo" else ("distill.bags",))
-    saved = _settings(to_dict(from_dict(yaml.safe_load((folder / "config.yaml").read_text()))), ignored)
-    wanted = _settings(to_dict(cfg), ignored)
+    saved = _settings(yaml.safe_load((folder / "config.yaml").read_text()), ignored)  # maybe from an older bingo
+    wanted = _settings(yaml.safe_load(yaml.safe_dump(to_dict(cfg))), ignored)
     changed = [key for key in wanted if saved.get(key) != wanted[key]]
     if changed:
         key = changed[0]
