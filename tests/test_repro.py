@@ -70,6 +70,8 @@ def test_tables_share_runs_and_resume_in_parts(tmp_path, capsys, bingo_logger_gu
     assert list(report["tables"]) == ["main", "relations"] and len(report["claims"]) == 5
     assert [c["metric"] for c in report["claims"] if c["claim"] == "teacher bags beat none"] == ["kNN@3 top-1"]
     assert [p["table"] for p in report["parts"]] == ["main", "relations"]
+    trainings = sum(read_json(f)["wall_time_s"] for f in (out / "runs").glob("*/seed-*/results.json"))
+    assert report["compute_s"] > trainings + read_json(out / "teacher" / "results.json")["wall_time_s"]
     text = (out / "results.md").read_text()
     assert "## Claims" in text and "## Main" in text and "## Relations" in text and "a note" in text
     assert "| teacher (reference) |" in text and "--tables relations --resume" in text
