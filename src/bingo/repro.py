@@ -153,7 +153,7 @@ def bag_file(cfg: Config, out: Path, name: str) -> Path:
                             spec["model"])
         overrides.append(f"student.checkpoint={student}")
     bags_cfg = load_config(None, None, overrides, stage="bags", base=copy.deepcopy(cfg))
-    if folder.exists():  # an interrupted build: start it again
+    if folder.exists() and is_rank_zero():  # an interrupted build: start it again
         shutil.rmtree(folder)
     log.info("repro: building bags %s", name)
     return run_bags(bags_cfg, folder)
