@@ -255,7 +255,7 @@ BAD_INPUTS = {
     "unknown linear variant": (
         lambda c, t: ("eval", "linear", *tiny_sets("eval.linear.variant=slow"), "--model", "random",
                       "--out", t / "out"),
-        "eval.linear.variant must be one of paper, fast, not 'slow'"),
+        "eval.linear.variant must be one of paper, fast, lbfgs, not 'slow'"),
     "pixels through the paper's linear protocol": (
         lambda c, t: ("eval", "linear", *tiny_sets("eval.linear.variant=paper"), "--model", "pixels",
                       "--out", t / "out"),
