@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bingo.compare import Evaluation, compare_table, evaluate_run, run_configs, summarise, train_run
+from bingo.compare import Evaluation, compare_table, run_configs, summarise, train_and_evaluate, train_run
 from bingo.config import Config, load_config
 from bingo.errors import UserError
 from bingo.training import is_rank_zero, prepare_run_folder, write_results
@@ -178,12 +178,8 @@ def run_table(cfg: Config, out: Path, table: str) -> dict | None:
     log.info("repro: table %s (%s)", table, spec.get("title", ""))
     configs = {name: run_config(cfg, out, name) for name in spec["runs"]}
     evaluation = Evaluation(cfg, protocols)
-    per_run = {}
-    for name, run in configs.items():
-        students = {seed: train_run(run, seed, out / "runs" / name, name) for seed in cfg.compare.seeds}
-        if is_rank_zero():
-            per_run[name] = {seed: evaluate_run(run, seed, student, name, evaluation)
-                             for seed, student in students.items()}
+    per_run = {name: {seed: train_and_evaluate(run, seed, out / "runs" / name, name, evaluation)
+                      for seed in cfg.compare.seeds} for name, run in configs.items()}
     if not is_rank_zero():
         return None
     return summarise(configs, per_run, cfg.compare.seeds, protocols, out / "runs", out / "tables" / table)
