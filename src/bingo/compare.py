@@ -81,8 +81,13 @@ class Evaluation:
 
     @property
     def folder(self) -> str:
-        """Name of a run's evaluation folder: one per set of protocols, so tables with other protocols share runs."""
-        return "+".join(self.protocols)
+        """Name of a run's evaluation folder (see eval_folder)."""
+        return eval_folder(self.protocols)
+
+
+def eval_folder(protocols: tuple[str, ...] | list[str]) -> str:
+    """Name of a model's evaluation folder: one per set of protocols, so tables with other protocols share runs."""
+    return "+".join(protocols)
 
 
 def train_and_evaluate(run: Config, seed: int, root: Path, name: str, evaluation: Evaluation) -> dict | None:

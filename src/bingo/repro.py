@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bingo.compare import Evaluation, compare_table, run_configs, summarise, train_and_evaluate, train_run
+from bingo.compare import Evaluation, compare_table, eval_folder, run_configs, summarise, train_and_evaluate, train_run
 from bingo.config import Config, load_config
 from bingo.errors import UserError
 from bingo.training import is_rank_zero, prepare_run_folder, write_results
@@ -53,7 +53,7 @@ def run_repro(cfg: Config, out: Path, tables: list[str] | None = None, resume: b
     if report_only:
         if not (out / "config.yaml").exists():
             raise UserError(f"{out} holds no 'bingo repro' run to report on")
-        evaluation = out / "teacher" / "eval" / "+".join(cfg.repro.teacher_protocols) / "results.json"
+        evaluation = out / "teacher" / "eval" / eval_folder(cfg.repro.teacher_protocols) / "results.json"
         return write_report(cfg, out, _reference(json.loads(evaluation.read_text())) if evaluation.exists() else None)
     prepare_run_folder(out, cfg, resume)
     cfg = copy.deepcopy(cfg)
@@ -122,7 +122,7 @@ def teacher_row(cfg: Config, out: Path) -> dict | None:
     if not is_rank_zero():
         return None
     protocols = tuple(cfg.repro.teacher_protocols)
-    folder = out / "teacher" / "eval" / "+".join(protocols)
+    folder = out / "teacher" / "eval" / eval_folder(protocols)
     results = current_evaluation(folder / "results.json", cfg)
     if results is None:
         log.info("repro: evaluating the teacher")
