@@ -118,7 +118,8 @@ def test_verdict(better, worse, expected):
 
 def test_the_shipped_plan_is_consistent():
     cfg = load_config("repro")
-    assert check_plan(cfg, None) == ["main", "relations", "bags", "semi", "k", "ablations"]
+    assert check_plan(cfg, None) == ["main", "relations", "bags", "semi", "k", "ablations"]  # the paper's
+    assert check_plan(cfg, ["schedule", "queue"]) == ["queue", "schedule"]  # investigations: when named
     assert (cfg.teacher.width, cfg.student.width, cfg.data.train_subset) == (32, 16, 10000)  # demo's, inherited
     assert len(cfg.compare.seeds) >= 3 and cfg.trainer.accelerator == "auto"
     runs = cfg.repro.tables["relations"]["runs"]
@@ -148,5 +149,6 @@ def test_bad_plans_are_refused(plan, message):
 def test_unknown_table_is_one_line_and_writes_nothing(tmp_path, capsys, bingo_logger_guard):
     assert main(["repro", "--tables", "nope", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
-    assert err.strip() == "bingo: error: unknown table 'nope'; choose from: main, relations, bags, semi, k, ablations"
+    assert err.strip() == ("bingo: error: unknown table 'nope'; choose from: main, relations, bags, semi, k, "
+                           "ablations, queue, schedule")
     assert not (tmp_path / "r").exists()

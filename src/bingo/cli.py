@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="seeds of every run (default 0 1 2)")
         if name == "repro":
             sub.add_argument("--tables", nargs="+", metavar="TABLE",
-                             help="run only these tables (the experiment in parts; default: all, in order)")
+                             help="run only these tables (the experiment in parts; default: the paper's, in order; "
+                                  "investigations only when named)")
             sub.add_argument("--report", action="store_true",
                              help="only rewrite OUT/results.md and results.json from what OUT holds; train nothing")
         if name == "compare":

@@ -11,7 +11,8 @@ each run is trained and evaluated once per seed, whichever tables show it. In OU
     results.md, results.json   every table done so far, the verdict on each claim, machine and wall times
     results/TABLE.png      each table's chart: accuracies, and accuracy against training time
 
-`--tables` runs some tables only (the experiment in parts); `--resume` continues: finished pieces are
+`--tables` runs some tables only (the experiment in parts; tables marked `investigation: true` run
+only when named); `--resume` continues: finished pieces are
 reused, an interrupted training continues from its last checkpoint; `--report` only rewrites the report.
 """
 
@@ -36,14 +37,15 @@ from bingo.errors import UserError
 from bingo.training import is_rank_zero, prepare_run_folder, write_results
 
 log = logging.getLogger("bingo")
-RUN_KEYS, BAG_KEYS, TABLE_KEYS = {"method", "set", "bags"}, {"set", "model"}, {"title", "runs", "protocols", "note"}
+RUN_KEYS, BAG_KEYS = {"method", "set", "bags"}, {"set", "model"}
+TABLE_KEYS = {"title", "runs", "protocols", "note", "investigation"}
 CLAIM_KEYS = {"claim", "table", "better", "worse", "metric", "paper"}
 SHOWN = ("kNN@10 top-1", "kNN@200 top-1", "linear top-1", "semi 1% top-1", "semi 10% top-1", "train wall time (s)")
 
 
 def run_repro(cfg: Config, out: Path, tables: list[str] | None = None, resume: bool = False,
               command: str = "bingo repro", report_only: bool = False) -> dict:
-    """Train, evaluate and summarise the chosen tables (all by default); then the report of every table done.
+    """Train, evaluate and summarise the chosen tables (the paper's by default); then the report of every table done.
 
     Each finished table's wall time in this invocation goes to OUT/parts.json with `command`.
     `report_only`: rewrite the report from what OUT holds, training nothing.
@@ -68,7 +70,10 @@ def run_repro(cfg: Config, out: Path, tables: list[str] | None = None, resume: b
 
 
 def check_plan(cfg: Config, tables: list[str] | None) -> list[str]:
-    """The tables to run, in the config's order; every name they use must exist (checked before any work)."""
+    """The tables to run, in the config's order; every name they use must exist (checked before any work).
+
+    By default every table but those marked `investigation: true`, which run only when named.
+    """
     repro = cfg.repro
     if not repro.tables:
         raise UserError("nothing to reproduce: repro.tables is empty (the repro preset defines the paper's tables)")
@@ -98,7 +103,8 @@ def check_plan(cfg: Config, tables: list[str] | None) -> list[str]:
                                                         for side in ("better", "worse")):
             raise UserError(f"repro.claims: '{claim.get('claim')}' must name a table and two of its runs "
                             f"(keys: {', '.join(sorted(CLAIM_KEYS))})")
-    return [t for t in repro.tables if t in (tables or repro.tables)]
+    chosen = tables or [name for name, spec in repro.tables.items() if not spec.get("investigation")]
+    return [t for t in repro.tables if t in chosen]
 
 
 def teacher_file(cfg: Config, out: Path) -> Path:
