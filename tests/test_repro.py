@@ -131,6 +131,8 @@ def test_the_shipped_plan_is_consistent():
     ({"runs": {"a": {"bags": "nope"}}, "tables": {"t": {"runs": ["a"]}}}, "repro.runs.a: bags 'nope' is not in"),
     ({"runs": {"a": {}}, "tables": {"t": {"runs": ["b"]}}}, "repro.tables.t: run 'b' is not in repro.runs"),
     ({"runs": {"a": {}}, "tables": {"t": {"runs": []}}}, "repro.tables.t: no runs"),
+    ({"runs": {"a": {}}, "tables": {"t": {"runs": ["a"], "investigation": "yes"}}},
+     "repro.tables.t.investigation must be true or false, not 'yes'"),
     ({"runs": {"a": {"lr": 1}}, "tables": {"t": {"runs": ["a"]}}}, "repro.runs.a has unknown keys ['lr']"),
     ({"bags": {"b": {"model": "x"}}, "runs": {"a": {}}, "tables": {"t": {"runs": ["a"]}}},
      "repro.bags.b: model 'x' is not a run"),

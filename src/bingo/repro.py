@@ -93,6 +93,9 @@ def check_plan(cfg: Config, tables: list[str] | None) -> list[str]:
         if (spec or {}).get("bags") and spec["bags"] not in repro.bags:
             raise UserError(f"repro.runs.{name}: bags '{spec['bags']}' is not in repro.bags")
     for name, spec in repro.tables.items():
+        if not isinstance(spec.get("investigation", False), bool):
+            raise UserError(f"repro.tables.{name}.investigation must be true or false, not "
+                            f"{spec['investigation']!r}")
         missing = [run for run in spec.get("runs", []) if run not in repro.runs]
         if missing or not spec.get("runs"):
             raise UserError(f"repro.tables.{name}: " + (f"run '{missing[0]}' is not in repro.runs" if missing
