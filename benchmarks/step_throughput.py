@@ -1,0 +1,148 @@
+"""Training throughput: what a real `bingo distill` run logs, next to the bare compute of the same networks.
+
+For each method, in one process and interleaved over repeats (medians reported):
+- logged: `bingo distill` on the demo's data and networks for a few dozen steps; the median of the
+  `train/images_per_s` values it logs (anchors/s for BINGO), the first logged window dropped;
+- bare: the method's network passes alone on random tensors (student forward + backward passes,
+  teacher and momentum-encoder forward passes, an SGD step), with and without channels-last.
+
+Usage:
+    python benchmarks/step_throughput.py                         # every method, demo networks (28 px)
+    python benchmarks/step_throughput.py --methods bingo moco --repeats 5
+    python benchmarks/step_throughput.py --large --steps 6       # ResNet-18 <- ResNet-50 at 224 px
+    python benchmarks/step_throughput.py --set distill.teacher_cache=keys.npy ...  # extra --set for the real run
+Writes the table to stdout and, with --json FILE, the raw numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bingo.cli import main as bingo
+from bingo.config import load_config
+from bingo.models.checkpoints import save_encoder
+from bingo.models.encoder import Encoder
+
+METHODS = ("moco", "bingo", "seed", "compress-1q", "compress-2q", "disco", "simreg")
+# (student forward+backward passes, teacher forward passes, momentum-encoder forward passes) per batch
+PASSES = {"moco": (1, 0, 1), "bingo": (3, 2, 0), "seed": (1, 1, 0), "compress-1q": (1, 1, 0),
+          "compress-2q": (1, 1, 1), "disco": (2, 2, 1), "simreg": (1, 1, 0)}
+LARGE = ["data.name=generated", "data.image_size=224", "data.eval_resize=256", "data.channels=3",
+         "data.mean=[0.485,0.456,0.406]", "data.std=[0.229,0.224,0.225]", "data.generated_train_size=1024",
+         "data.generated_test_size=64", "data.train_subset=0", "data.test_subset=0",
+         "teacher.arch=resnet50", "teacher.width=64", "teacher.stem=imagenet", "teacher.embed_dim=128",
+         "student.arch=resnet18", "student.width=64", "student.stem=imagenet", "student.embed_dim=128",
+         "distill.optim.batch_size=32", "bags.k=5", "augment.blur_prob=0.5"]
+COMMON = ["trainer.progress_bar=false", "trainer.loggers=[csv]", "monitor.every_n_epochs=0", "distill.optim.epochs=1"]
+
+
+def sets(items: list[str]) -> list[str]:
+    return [arg for item in items for arg in ("--set", item)]
+
+
+def logged_rate(method: str, folder: Path, overrides: list[str], teacher: Path, bags: Path, steps: int,
+                window: int) -> float:
+    """Median images/s logged by a real `bingo distill` run of `steps` steps (first window dropped)."""
+    out = folder / f"{method}-{time.monotonic_ns()}"
+    extra = [f"trainer.limit_train_batches={steps}", f"trainer.log_every_n_steps={window}"]
+    code = bingo(["distill", "--method", method, "--teacher", str(teacher), "--bags", str(bags), "--out", str(out),
+                  *sets(overrides + extra)])
+    if code:
+        sys.exit(f"bingo distill --method {method} failed ({code})")
+    with open(out / "logs" / "metrics.csv") as file:
+        rates = [float(row["train/images_per_s_step"]) for row in csv.DictReader(file)
+                 if row.get("train/images_per_s_step")]
+    return statistics.median(rates[1:] or rates)
+
+
+def bare_rate(method: str, overrides: list[str], steps: int, channels_last: bool) -> float:
+    """Images/s of the method's network passes alone on random tensors, with an SGD step."""
+    cfg = load_config("demo", None, overrides, stage="distill")
+    student_passes, teacher_passes, momentum_passes = PASSES[method]
+    student, teacher = Encoder(cfg.student, cfg.data.channels), Encoder(cfg.teacher, cfg.data.channels).eval()
+    key = Encoder(cfg.student, cfg.data.channels) if momentum_passes else None
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for net in (student, teacher, key):
+        if net is not None:
+            net.to(memory_format=fmt)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9)
+    batch, size = cfg.distill.optim.batch_size, cfg.data.image_size
+    images = torch.randn(batch, cfg.data.channels, size, size).contiguous(memory_format=fmt)
+    teacher_net = teacher.backbone if method in ("compress-1q", "compress-2q", "simreg") else teacher
+
+    def step() -> None:
+        loss = sum(student(images).sum() for _ in range(student_passes))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        with torch.inference_mode():
+            if teacher_passes:
+                teacher_net(torch.cat([images] * teacher_passes).contiguous(memory_format=fmt))
+            for _ in range(momentum_passes):
+                key(images)
+
+    step()  # warm-up
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return batch * steps / (time.perf_counter() - started)
+
+
+def prepare(folder: Path, overrides: list[str]) -> tuple[Path, Path]:
+    """A random-weight teacher file and its kNN bag file for the methods that need them."""
+    cfg = load_config("demo", None, overrides, stage="distill")
+    torch.manual_seed(0)
+    teacher = folder / "teacher.safetensors"
+    save_encoder(Encoder(cfg.teacher, cfg.data.channels), cfg.teacher, cfg.data, teacher)
+    if bingo(["bags", "--teacher", str(teacher), "--out", str(folder / "bags"), *sets(overrides)]):
+        sys.exit("bingo bags failed")
+    return teacher, folder / "bags" / "bags.npz"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=40, help="training steps of each real run")
+    parser.add_argument("--bare-steps", type=int, default=10, help="timed steps of each bare measurement")
+    parser.add_argument("--window", type=int, default=10, help="steps per logged throughput value")
+    parser.add_argument("--large", action="store_true", help="ResNet-18 student, ResNet-50 teacher, 224 px")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra overrides for the real run (and the networks of the bare one)")
+    parser.add_argument("--json", type=Path, help="write the measurements here")
+    args = parser.parse_args()
+    overrides = COMMON + (LARGE if args.large else []) + args.overrides
+    results: dict[str, dict[str, list[float]]] = {m: {"logged": [], "bare": [], "bare_cl": []} for m in args.methods}
+    with tempfile.TemporaryDirectory() as tmp:
+        teacher, bags = prepare(Path(tmp), overrides)
+        for _ in range(args.repeats):
+            for method in args.methods:
+                row = results[method]
+                row["logged"].append(logged_rate(method, Path(tmp), overrides, teacher, bags, args.steps,
+                                                 args.window))
+                row["bare"].append(bare_rate(method, overrides, args.bare_steps, channels_last=False))
+                row["bare_cl"].append(bare_rate(method, overrides, args.bare_steps, channels_last=True))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; medians of {args.repeats} repeats")
+    print("| method | logged images/s | bare | bare, channels-last | logged / bare channels-last |")
+    print("|---|---|---|---|---|")
+    summary = {}
+    for method, row in results.items():
+        med = {k: statistics.median(v) for k, v in row.items()}
+        summary[method] = {**med, "ratio": med["logged"] / med["bare_cl"], "raw": row}
+        print(f"| {method} | {med['logged']:.0f} | {med['bare']:.0f} | {med['bare_cl']:.0f} | "
+              f"{med['logged'] / med['bare_cl']:.2f} |")
+    if args.json:
+        args.json.write_text(json.dumps({"overrides": overrides, "results": summary}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
