@@ -49,10 +49,19 @@ def sets(items: list[str]) -> list[str]:
     return [arg for item in items for arg in ("--set", item)]
 
 
+def method_overrides(method: str, overrides: list[str]) -> list[str]:
+    """`overrides` plus what a method needs: CompRess-1q's student embeds into the teacher's feature space."""
+    if method != "compress-1q":
+        return overrides
+    cfg = load_config("demo", None, overrides, stage="distill")
+    return [*overrides, f"student.embed_dim={Encoder(cfg.teacher, cfg.data.channels).feature_dim}"]
+
+
 def logged_rate(method: str, folder: Path, overrides: list[str], teacher: Path, bags: Path, steps: int,
                 window: int) -> float:
     """Median images/s logged by a real `bingo distill` run of `steps` steps (first window dropped)."""
     out = folder / f"{method}-{time.monotonic_ns()}"
+    overrides = method_overrides(method, overrides)
     extra = [f"trainer.limit_train_batches={steps}", f"trainer.log_every_n_steps={window}"]
     code = bingo(["distill", "--method", method, "--teacher", str(teacher), "--bags", str(bags), "--out", str(out),
                   *sets(overrides + extra)])
@@ -66,7 +75,7 @@ def logged_rate(method: str, folder: Path, overrides: list[str], teacher: Path, 
 
 def bare_rate(method: str, overrides: list[str], steps: int, channels_last: bool) -> float:
     """Images/s of the method's network passes alone on random tensors, with an SGD step."""
-    cfg = load_config("demo", None, overrides, stage="distill")
+    cfg = load_config("demo", None, method_overrides(method, overrides), stage="distill")
     student_passes, teacher_passes, momentum_passes = PASSES[method]
     student, teacher = Encoder(cfg.student, cfg.data.channels), Encoder(cfg.teacher, cfg.data.channels).eval()
     key = Encoder(cfg.student, cfg.data.channels) if momentum_passes else None

@@ -12,7 +12,7 @@ from pathlib import Path
 from bingo.config import PROTOCOLS, Config, load_config, preset_names
 from bingo.errors import UserError
 
-STAGES = ("pretrain", "embed", "bags", "distill", "eval", "compare", "repro", "demo")
+STAGES = ("pretrain", "embed", "cache", "bags", "distill", "eval", "compare", "repro", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     helps = {"pretrain": "pretrain a MoCo-v2 teacher",
              "embed": "write a network's L2-normalised backbone features of a data set to a .npy file",
+             "cache": "run the teacher once over V augmented views of every training image and store its keys "
+                      "(float16), for 'bingo distill --teacher-cache'",
              "bags": "build every image's bag (kNN, k-means, labels, random or student features), with a report",
              "distill": "train a student with a distillation method",
              "eval": "evaluate a model: kNN, linear, semi-supervised fine-tuning, transfer (method.md §3)",
@@ -41,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--seed", type=int, help="random seed (makes a CPU run repeatable)")
         if name in ("pretrain", "distill", "compare", "repro", "demo"):
             sub.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-        if name in ("embed", "bags", "distill", "compare", "repro"):
+        if name in ("embed", "cache", "bags", "distill", "compare", "repro"):
             sub.add_argument("--teacher", help="teacher checkpoint: teacher.safetensors, MoCo v1/v2/v3, SwAV, SimCLR, "
                                                "DINO, BYOL, torchvision or timm weights (docs/models.md)")
             sub.add_argument("--layout", help="the teacher checkpoint's layout when detection is not wanted: "
@@ -59,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--method", help="bingo | moco | seed | compress-1q | compress-2q | disco | simreg")
         if name in ("distill", "compare"):
             sub.add_argument("--bags", help="bag file from 'bingo bags'")
+            sub.add_argument("--teacher-cache", help="keys.npy from 'bingo cache': BINGO takes its teacher keys "
+                                                     "from there and never runs the teacher")
+        if name == "cache":
+            sub.add_argument("--views", type=int, help="augmented views of each image (default 16)")
         if name in ("compare", "repro"):
             sub.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="seeds of every run (default 0 1 2)")
         if name == "repro":
@@ -109,7 +115,8 @@ def resolve_config(args: argparse.Namespace) -> Config:
     """The run's config: preset, YAML file, --set overrides, then the dedicated flags."""
     overrides = list(args.overrides)
     flags = {"seed": "seed", "teacher": "teacher.checkpoint", "layout": "teacher.layout", "method": "distill.method",
-             "bags": "distill.bags", "strategy": "bags.strategy", "features": "bags.features"}
+             "bags": "distill.bags", "strategy": "bags.strategy", "features": "bags.features",
+             "teacher_cache": "distill.teacher_cache", "views": "cache.views"}
     if args.command == "bags" and args.model is not None:
         overrides.append(f"student.checkpoint={args.model}")
     if getattr(args, "methods", None):
@@ -163,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             pipeline.run_embed(cfg, args.out, args.model)
         elif args.command == "bags":
             pipeline.run_bags(cfg, args.out)
+        elif args.command == "cache":
+            pipeline.run_cache(cfg, args.out)
         elif args.command == "distill":
             pipeline.run_distill(cfg, args.out, args.resume)
         elif args.command == "compare":

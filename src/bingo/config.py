@@ -38,7 +38,9 @@ class DataConfig:
     train_subset: int = 0  # use a seeded random subset of this many training images (0: all)
     test_subset: int = 0  # likewise for the test split
     download: bool = True  # let torchvision download the data set when it is missing
-    num_workers: int = 8
+    num_workers: int = 8  # loader processes of the per-image path (folders of image files)
+    augment_on: str = "auto"  # device: batches augmented where the networks run (in-memory data sets) | workers:
+    # each image by torchvision in loader processes | auto: device where the data set is held in memory
     generated_classes: int = 10  # only for name=generated
     generated_train_size: int = 512
     generated_test_size: int = 256
@@ -161,6 +163,14 @@ class EmbedConfig:
 
 
 @dataclass
+class CacheConfig:
+    """`bingo cache`: the teacher's keys of `views` augmented views of every training image, computed once."""
+
+    views: int = 16
+    batch_size: int = 256
+
+
+@dataclass
 class BagsConfig:
     """`bingo bags`: every image's bag, by one of the strategies of method.md §1.1."""
 
@@ -184,6 +194,7 @@ class DistillConfig:
 
     method: str = "bingo"  # bingo | moco | seed | compress-1q | compress-2q | disco | simreg
     bags: str = ""  # bag file from 'bingo bags' (methods that use bags)
+    teacher_cache: str = ""  # teacher-key cache from 'bingo cache': BINGO draws its keys there, never runs the teacher
     teacher_bn: str = "eval"  # teacher BatchNorm: eval (running statistics) | train (batch statistics, shuffle-BN)
     optim: OptimConfig = field(default_factory=OptimConfig)
     bingo: BingoConfig = field(default_factory=BingoConfig)
@@ -289,6 +300,7 @@ class TrainerConfig:
     log_every_n_steps: int = 50
     progress_bar: bool = True
     limit_train_batches: Any = 1.0  # fraction (or number) of batches per epoch, for smoke runs
+    channels_last: bool = True  # networks and images in NHWC memory order (faster convolutions on CPU and GPU)
 
 
 @dataclass
@@ -303,6 +315,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     bags: BagsConfig = field(default_factory=BagsConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+from torch.utils.data import Dataset
 
 from bingo.bags.features import (
     calibrate_batchnorm,
@@ -19,31 +20,35 @@ from bingo.bags.features import (
     load_features,
     pixel_features,
     read_features_meta,
+    teacher_keys,
     write_features_meta,
 )
-from bingo.bags.files import check_bags, load_bags, save_bags
+from bingo.bags.files import Bags, check_bags, load_bags, save_bags
 from bingo.bags.knn import bag_purity, knn_bags
 from bingo.bags.report import bag_report, write_montage
 from bingo.bags.strategies import FEATURE_STRATEGIES, check_request, make_bags
 from bingo.config import PROTOCOLS, Config, ModelConfig, to_dict
+from bingo.data.augment import BatchAugment
 from bingo.data.datasets import ImageDataset, build_dataset
+from bingo.data.keys import KEYS_FORMAT, TeacherKeys, augment_identity, load_teacher_keys, sidecar
 from bingo.data.transforms import moco_v2_transform
-from bingo.data.views import BagViews, Views
+from bingo.data.views import BagViews, ImageBatches, Views
 from bingo.errors import UserError
 from bingo.eval.knn import knn_accuracy
 from bingo.eval.linear import FEATURE_VARIANTS, check_linear, linear_eval
 from bingo.eval.semi import check_semi, semi_supervised
 from bingo.methods import METHODS, MoCo, build_method, needs_teacher
-from bingo.methods.base import Method
+from bingo.methods.base import Method, require_same_dim
 from bingo.models.backbones import count_parameters
-from bingo.models.checkpoints import load_encoder, save_encoder
+from bingo.models.checkpoints import atomic_write, load_encoder, save_encoder
 from bingo.models.encoder import Encoder
 from bingo.report import write_report
 from bingo.training import file_digest, fit, is_rank_zero, peak_memory_mib, prepare_run_folder, write_results
 
 log = logging.getLogger("bingo")
 TEACHER_FILE, STUDENT_FILE, BAGS_FILE = "teacher.safetensors", "student.safetensors", "bags.npz"
-FEATURES_FILE, MONTAGE_FILE = "features.npy", "montage.png"
+FEATURES_FILE, MONTAGE_FILE, KEYS_FILE = "features.npy", "montage.png", "keys.npy"
+AUGMENT_ON = ("auto", "device", "workers")
 PURITY_SAMPLE = 20000  # anchors for the bag purity an evaluation reports
 
 
@@ -55,8 +60,7 @@ def run_pretrain(cfg: Config, out: Path, resume: bool = False) -> Path:
     run_info = {"dataset": data.identity}
     prepare_run_folder(out, cfg, resume, run_info)
     module = MoCo(Encoder(cfg.teacher, cfg.data.channels), cfg.pretrain.optim, cfg.pretrain.moco, run_info)
-    views = Views(data, moco_v2_transform(cfg.data, cfg.augment), 2)
-    trainer = fit(module, views, cfg, cfg.pretrain.optim, out, resume)
+    trainer = fit(module, training_data(cfg, data, module), cfg, cfg.pretrain.optim, out, resume)
     return _finish_training(module, trainer, cfg.teacher, cfg, out / TEACHER_FILE,
                             {"stage": "pretrain", "method": "moco", "images": len(data)}, started)
 
@@ -153,25 +157,87 @@ def run_distill(cfg: Config, out: Path, resume: bool = False) -> Path:
     data = build_dataset(cfg.data, "train")
     run_info = {"dataset": data.identity, "method": name}
     student = Encoder(cfg.student, cfg.data.channels)  # first: the same seed gives every method the same start
-    teacher = None
+    teacher, keys, bags = None, None, None
+    if cfg.distill.teacher_cache:
+        keys = _teacher_cache(cfg, data)
+        run_info["teacher"] = keys.meta["teacher"]
     if needs_teacher(cfg):
         teacher = _load_teacher(cfg)
         run_info["teacher"] = file_digest(Path(cfg.teacher.checkpoint))
     module = build_method(cfg, student, teacher, run_info)
-    transform = moco_v2_transform(cfg.data, cfg.augment)
     if module.views == "bags":
         if not cfg.distill.bags:
             raise UserError(f"{name} needs bags: pass --bags FILE (built by 'bingo bags')")
         bags = load_bags(Path(cfg.distill.bags))
         check_bags(Path(cfg.distill.bags), bags, data.identity, _expected_bags(cfg, run_info.get("teacher")))
         run_info["bags"] = file_digest(Path(cfg.distill.bags))
-        dataset = BagViews(data, bags, transform)
-    else:
-        dataset = Views(data, transform, module.views)
+    dataset = training_data(cfg, data, module, bags, keys)
     prepare_run_folder(out, cfg, resume, run_info)
     trainer = fit(module, dataset, cfg, cfg.distill.optim, out, resume)
     return _finish_training(module, trainer, cfg.student, cfg, out / STUDENT_FILE,
                             {"stage": "distill", "method": name, "images": len(data)}, started)
+
+
+def training_data(cfg: Config, data: ImageDataset, module: Method, bags: Bags | None = None,
+                  keys: TeacherKeys | None = None) -> Dataset:
+    """`module`'s training samples: uint8 batches it augments on its device, or views augmented by loader workers.
+
+    In-memory data sets (Fashion-MNIST, CIFAR, STL-10, generated) take the device path unless
+    data.augment_on=workers; folders of image files always take the worker path.
+    """
+    where = cfg.data.augment_on
+    if where not in AUGMENT_ON:
+        raise UserError(f"data.augment_on must be one of {', '.join(AUGMENT_ON)}, not '{where}'")
+    if where == "device" and not data.in_memory:
+        raise UserError(f"data.augment_on=device needs a data set held in memory; {data.name} is read from files "
+                        "one by one: use data.augment_on=workers (or auto)")
+    if where == "workers" and keys is not None:
+        raise UserError("a teacher-key cache (distill.teacher_cache) needs data.augment_on=device or auto")
+    if data.in_memory and where != "workers":
+        module.use_device_augment(BatchAugment(cfg.data, cfg.augment), cfg.trainer.channels_last)
+        return ImageBatches(data, bags, keys)
+    module.use_memory_format(cfg.trainer.channels_last)
+    transform = moco_v2_transform(cfg.data, cfg.augment)
+    return Views(data, transform, module.views) if bags is None else BagViews(data, bags, transform)
+
+
+def _teacher_cache(cfg: Config, data: ImageDataset) -> TeacherKeys:
+    """The run's teacher-key cache, checked against its data set, augmentation, teacher and student."""
+    d = cfg.distill
+    if d.method != "bingo" or d.bingo.keys != "teacher" or d.teacher_bn != "eval":
+        raise UserError("a teacher-key cache (--teacher-cache) serves BINGO with teacher keys and the teacher's "
+                        "BatchNorm in eval mode (distill.bingo.keys=teacher, distill.teacher_bn=eval); the other "
+                        "methods run the teacher on the student's own views")
+    teacher = file_digest(Path(cfg.teacher.checkpoint)) if cfg.teacher.checkpoint else None
+    keys = load_teacher_keys(Path(d.teacher_cache), data.identity, augment_identity(cfg.data, cfg.augment), teacher)
+    require_same_dim(cfg.student.embed_dim, keys.dim, "cached keys", "student.embed_dim")
+    return keys
+
+
+def run_cache(cfg: Config, out: Path) -> Path:
+    """The teacher's keys of cfg.cache.views augmented views of every training image (`bingo cache`)."""
+    started = time.perf_counter()
+    L.seed_everything(cfg.seed, verbose=False)
+    data = build_dataset(cfg.data, "train")
+    if not data.in_memory:
+        raise UserError(f"'bingo cache' augments in-memory data sets on the device; {data.name} is read from files")
+    if cfg.cache.views < 1 or cfg.cache.batch_size < 1:
+        raise UserError("cache.views and cache.batch_size must be at least 1")
+    teacher = _load_teacher(cfg)
+    if teacher.head is None:
+        raise UserError("the teacher has no projection head (a backbone-only checkpoint), so it has no keys to cache")
+    prepare_run_folder(out, cfg, resume=False)
+    path = out / KEYS_FILE
+    keys = teacher_keys(teacher, data, cfg.data, cfg.augment, cfg.cache.views, cfg.cache.batch_size, cfg.trainer,
+                        path, cfg.trainer.progress_bar)
+    meta = {"format": KEYS_FORMAT, "dataset": data.identity, "augment": augment_identity(cfg.data, cfg.augment),
+            "teacher": file_digest(Path(cfg.teacher.checkpoint)), "shape": list(keys.shape), "seed": cfg.seed}
+    if is_rank_zero():
+        atomic_write(sidecar(path), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+    write_results(out, {"stage": "cache", **meta, "mib": round(path.stat().st_size / 2**20, 1),
+                        "wall_time_s": _since(started), "peak_memory": peak_memory_mib()})
+    log.info("teacher keys of %d views of %d images in %s (%.0f s)", keys.shape[1], len(data), path, _since(started))
+    return path
 
 
 def run_eval(cfg: Config, out: Path, model: str, protocols: tuple[str, ...] = ("knn", "linear")) -> dict:

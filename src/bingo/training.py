@@ -18,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset
 
 from bingo.config import Config, OptimConfig, save_config
+from bingo.data.views import ImageBatches, as_batch
 from bingo.errors import UserError
 from bingo.eval.monitor import KnnMonitor
 from bingo.models.checkpoints import AtomicCheckpointIO, atomic_write
@@ -148,9 +149,10 @@ def fit(module: L.LightningModule, dataset: Dataset, cfg: Config, optim: OptimCo
     if len(dataset) < optim.batch_size:
         raise UserError(f"the data set has {len(dataset)} images, fewer than one batch ({optim.batch_size}); "
                         "lower the batch size")
+    workers = 0 if isinstance(dataset, ImageBatches) else cfg.data.num_workers  # in memory: one indexing a batch
     loader = DataLoader(dataset, batch_size=optim.batch_size // processes, shuffle=True, drop_last=True,
-                        num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0,
-                        pin_memory=torch.cuda.is_available())
+                        num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
+                        collate_fn=as_batch if isinstance(dataset, ImageBatches) else None)
     checkpoint = out / LAST_CHECKPOINT
     resuming = resume and checkpoint.exists()
     if resuming and is_rank_zero():

@@ -14,9 +14,10 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader
 
 from bingo.config import AugmentConfig, DataConfig, TrainerConfig
+from bingo.data.augment import BatchAugment
 from bingo.data.datasets import ImageDataset
 from bingo.data.transforms import eval_transform, moco_v2_transform
-from bingo.data.views import Views
+from bingo.data.views import ImageBatches, Views, as_batch
 from bingo.errors import UserError
 from bingo.models.checkpoints import atomic_write
 from bingo.models.encoder import Encoder
@@ -40,14 +41,27 @@ class _Embedder(L.LightningModule):
         return F.normalize(self.encoder.features(images).float(), dim=1), indices
 
 
+class _KeyMaker(L.LightningModule):
+    """Inference only: the teacher's normalised embeddings of `views` augmented views of each image of a batch."""
+
+    def __init__(self, teacher: Encoder, augment: BatchAugment, views: int):
+        super().__init__()
+        self.teacher, self.augment, self.views = teacher, augment, views
+
+    def predict_step(self, batch: tuple, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, V, D) keys and the (B,) data set indices they belong to."""
+        images, _, indices = batch
+        return torch.stack([self.teacher(self.augment(images)).float() for _ in range(self.views)], 1), indices
+
+
 class _RowWriter(BasePredictionWriter):
-    """Writes each batch's features into their rows of one array: in memory, or a `.npy` file all ranks share.
+    """Writes each batch's rows into one array: in memory, or a `.npy` file all ranks share.
 
     Rank 0 creates the file under a temporary name; every rank writes its own rows (DDP shards the
     images); rank 0 renames it into place once all ranks are done, so a reader never sees half a file.
     """
 
-    def __init__(self, shape: tuple[int, int], dtype: str, path: Path | None):
+    def __init__(self, shape: tuple[int, ...], dtype: str, path: Path | None):
         super().__init__("batch")
         self.shape, self.dtype, self.path = shape, dtype, path
         self.rows: np.ndarray | None = None if path else np.empty(shape, dtype)
@@ -87,18 +101,40 @@ def extract_features(encoder: Encoder, dataset: ImageDataset, data: DataConfig, 
     With `path`, written to that `.npy` file by every process of a distributed job (`run` says which
     devices) and returned memory-mapped; without, computed by this process and returned in memory.
     """
-    run = run or TrainerConfig(accelerator="auto", devices=1)
-    devices = run.devices if path else 1
-    writer = _RowWriter((len(dataset), encoder.feature_dim), dtype, path)
-    trainer = L.Trainer(accelerator=run.accelerator, devices=devices, num_nodes=run.num_nodes if path else 1,
-                        strategy=run.strategy if path else "auto", precision=run.precision, logger=False,
-                        callbacks=[writer], enable_progress_bar=progress, enable_model_summary=False,
-                        enable_checkpointing=False)
     loader = DataLoader(Views(dataset, eval_transform(data), 1), batch_size=batch_size, shuffle=False,
                         num_workers=data.num_workers)
     was_training = encoder.training
-    trainer.predict(_Embedder(encoder.eval()), loader, return_predictions=False)
+    rows = predict_rows(_Embedder(encoder.eval()), loader, (len(dataset), encoder.feature_dim), dtype, run, path,
+                        progress)
     encoder.train(was_training)
+    return rows
+
+
+def teacher_keys(teacher: Encoder, dataset: ImageDataset, data: DataConfig, augment: AugmentConfig, views: int,
+                 batch_size: int, run: TrainerConfig, path: Path, progress: bool = True) -> np.ndarray:
+    """(N, V, D) float16 normalised teacher embeddings of `views` augmented views of each image, into `path`.
+
+    The images are augmented in batches on the device, by the same `BatchAugment` training uses.
+    """
+    loader = DataLoader(ImageBatches(dataset), batch_size=batch_size, shuffle=False, collate_fn=as_batch)
+    maker = _KeyMaker(teacher.eval(), BatchAugment(data, augment), views)
+    return predict_rows(maker, loader, (len(dataset), views, teacher.embed_dim), "float16", run, path, progress)
+
+
+def predict_rows(module: L.LightningModule, loader: DataLoader, shape: tuple[int, ...], dtype: str,
+                 run: TrainerConfig | None, path: Path | None, progress: bool) -> np.ndarray:
+    """Run `module.predict_step` over `loader`; its (rows, indices) go into an array of `shape`.
+
+    With `path`, written to that `.npy` file by every process of a distributed job (`run` says which
+    devices) and returned memory-mapped; without, computed by this process and returned in memory.
+    """
+    run = run or TrainerConfig(accelerator="auto", devices=1)
+    writer = _RowWriter(shape, dtype, path)
+    trainer = L.Trainer(accelerator=run.accelerator, devices=run.devices if path else 1,
+                        num_nodes=run.num_nodes if path else 1, strategy=run.strategy if path else "auto",
+                        precision=run.precision, logger=False, callbacks=[writer], enable_progress_bar=progress,
+                        enable_model_summary=False, enable_checkpointing=False)
+    trainer.predict(module, loader, return_predictions=False)
     return writer.rows if path is None else np.load(path, mmap_mode="r")
 
 

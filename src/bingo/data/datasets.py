@@ -7,12 +7,14 @@ size, channels and normalisation the config names, whatever the files hold.
 from __future__ import annotations
 
 import abc
+import functools
 import gzip
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -52,6 +54,12 @@ class ImageDataset(Dataset, abc.ABC):
     def subset(self, indices: np.ndarray) -> ImageDataset:
         """The images at `indices`, in that order."""
 
+    in_memory = False  # whether `batch` can serve whole batches of uint8 images (the on-device augmentation path)
+
+    def batch(self, indices: np.ndarray) -> torch.Tensor:
+        """The images at `indices` as one uint8 tensor (B, C, H, W) in the configured channel mode."""
+        raise TypeError(f"{type(self).__name__} serves images one by one (their sizes differ); use image()")
+
 
 class ArrayImages(ImageDataset):
     """Images held in memory as one uint8 array (N, H, W) or (N, H, W, C)."""
@@ -60,9 +68,27 @@ class ArrayImages(ImageDataset):
         self.pixels = np.ascontiguousarray(pixels)
         super().__init__(name, split, labels, mode, hashlib.sha256(self.pixels).digest())
 
+    in_memory = True
+
     def image(self, index: int) -> Image.Image:
         """The image at `index`, in the configured channel mode."""
         return Image.fromarray(self.pixels[index]).convert(self.mode)
+
+    def batch(self, indices: np.ndarray) -> torch.Tensor:
+        """The images at `indices` as one uint8 tensor (B, C, H, W) in the configured channel mode."""
+        return self._channels_first[torch.as_tensor(indices)]
+
+    @functools.cached_property
+    def _channels_first(self) -> torch.Tensor:
+        """All images (N, C, H, W) uint8 in the configured mode, converted as PIL's `convert` does."""
+        pixels = torch.from_numpy(self.pixels)
+        pixels = pixels.unsqueeze(-1) if pixels.ndim == 3 else pixels  # (N, H, W, channels in the files)
+        if self.mode == "L" and pixels.shape[-1] == 3:  # ITU-R 601-2 luma, PIL's integer rounding
+            weights = torch.tensor([19595, 38470, 7471], dtype=torch.int32)
+            pixels = ((pixels.int() * weights).sum(-1, keepdim=True) + 0x8000).bitwise_right_shift(16).byte()
+        elif self.mode == "RGB" and pixels.shape[-1] == 1:
+            pixels = pixels.expand(-1, -1, -1, 3)
+        return pixels.permute(0, 3, 1, 2).contiguous()
 
     def subset(self, indices: np.ndarray) -> ArrayImages:
         """The images at `indices`, in that order."""

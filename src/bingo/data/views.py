@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from bingo.bags.files import Bags
 from bingo.data.datasets import ImageDataset
+from bingo.data.keys import TeacherKeys
 
 
 class Views(Dataset):
@@ -58,3 +60,42 @@ class Labeled(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.transform(self.base.image(index)), int(self.base.labels[index])
+
+
+class ImageBatches(Dataset):
+    """Whole batches of uint8 images for augmentation on the device (`BatchAugment`), fetched in one indexing.
+
+    A batch is (images (B, C, H, W) uint8, labels, indices); with `bags`, (anchors, positives, labels,
+    anchor indices, positive indices), each positive drawn uniformly from its anchor's bag; with
+    `keys` as well (a `TeacherKeys` cache), the teacher's keys of one cached view of each anchor and
+    of each positive follow: (..., anchor keys (B, D), positive keys (B, D)).
+    """
+
+    def __init__(self, base: ImageDataset, bags: Bags | None = None, keys: TeacherKeys | None = None):
+        if bags is not None and len(bags) != len(base):
+            raise ValueError(f"{len(bags)} bags for {len(base)} images")
+        self.base, self.bags, self.keys = base, bags, keys
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple:
+        return self.__getitems__([index])
+
+    def __getitems__(self, indices: list[int]) -> tuple:
+        """The batch of `indices` (the DataLoader hands a batch sampler's indices over in one call)."""
+        anchors = np.asarray(indices)
+        batch = (self.base.batch(anchors), torch.from_numpy(self.base.labels[anchors]), torch.from_numpy(anchors))
+        if self.bags is None:
+            return batch
+        positives = np.array([self.bags.positive(i) for i in anchors])
+        images, labels, indices_t = batch
+        batch = (images, self.base.batch(positives), labels, indices_t, torch.from_numpy(positives))
+        if self.keys is None:
+            return batch
+        return (*batch, self.keys.sample(anchors), self.keys.sample(positives))
+
+
+def as_batch(batch: tuple) -> tuple:
+    """The DataLoader's collate function for `ImageBatches`: the data set already returns whole batches."""
+    return batch

@@ -14,9 +14,9 @@ METHODS = ("moco", "seed", "compress-1q", "compress-2q", "disco", "simreg", "bin
 
 
 def needs_teacher(cfg: Config) -> bool:
-    """Whether cfg.distill.method distils from a teacher (all but MoCo-v2 and BINGO with momentum keys)."""
-    method = cfg.distill.method
-    return method != "moco" and not (method == "bingo" and cfg.distill.bingo.keys == "momentum")
+    """Whether cfg.distill.method runs a teacher (all but MoCo-v2, and BINGO with momentum or cached keys)."""
+    d = cfg.distill
+    return d.method != "moco" and not (d.method == "bingo" and (d.bingo.keys == "momentum" or d.teacher_cache))
 
 
 def build_method(cfg: Config, student: Encoder, teacher: Encoder | None, run_info: dict) -> Method:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from bingo.config import OptimConfig
+from bingo.data.augment import BatchAugment
 from bingo.errors import UserError
 from bingo.methods.queue import shuffled_forward
 from bingo.models.encoder import Encoder
@@ -27,6 +28,7 @@ class Method(L.LightningModule):
     """
 
     uses_teacher_embeddings = False
+    views = 1  # augmented views of each image per step
 
     def __init__(self, student: Encoder, optim: OptimConfig, teacher: Encoder | None = None,
                  teacher_bn: str = "eval", shuffle_bn_splits: int = 1, run_info: dict | None = None):
@@ -36,6 +38,8 @@ class Method(L.LightningModule):
         self.student, self.optim, self.teacher = student, optim, teacher
         self.teacher_bn, self.shuffle_bn_splits = teacher_bn, shuffle_bn_splits
         self.run_info = run_info or {}
+        self.augment: BatchAugment | None = None  # set: batches of uint8 images, augmented on the device
+        self.memory_format = torch.contiguous_format  # of the images given to the networks (channels_last: NHWC)
         if teacher is not None and teacher.head is None and self.uses_teacher_embeddings:
             raise UserError(f"the teacher has no projection head (its checkpoint holds a backbone only), so "
                             f"{type(self).__name__.lower()} cannot distil its embeddings; compress-1q, compress-2q "
@@ -55,20 +59,43 @@ class Method(L.LightningModule):
             self.teacher.eval()
         return self
 
-    @torch.no_grad()
+    def use_device_augment(self, augment: BatchAugment, channels_last: bool) -> None:
+        """Receive batches of uint8 images and augment them with `augment` where the networks run."""
+        self.augment = augment
+        self.use_memory_format(channels_last)
+
+    def use_memory_format(self, channels_last: bool) -> None:
+        """Keep every network's weights, and the images given to them, in NHWC order (or NCHW)."""
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.to(memory_format=self.memory_format)
+
+    def on_after_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
+        """On the device: the views of a batch of uint8 images; the views in the networks' memory order."""
+        if self.augment is not None:
+            return self.make_views(batch)
+        views, *rest = batch
+        return ([view.contiguous(memory_format=self.memory_format) for view in views], *rest)
+
+    def make_views(self, batch: tuple) -> tuple:
+        """(images (B, C, H, W) uint8, labels, indices) -> ([`views` augmented views], labels, indices)."""
+        images, *rest = batch
+        return (self.augment.views(*[images] * self.views, memory_format=self.memory_format), *rest)
+
     def teacher_keys(self, *views: torch.Tensor) -> list[torch.Tensor]:
         """The teacher's normalised embeddings of each view (B, C, H, W) -> (B, D), without gradient."""
         return self._run_teacher(self.teacher, views)
 
-    @torch.no_grad()
     def teacher_features(self, *views: torch.Tensor) -> list[torch.Tensor]:
         """The teacher's pooled backbone features of each view (B, C, H, W) -> (B, F), without gradient."""
         return self._run_teacher(self.teacher.backbone, views)
 
     def _run_teacher(self, network: nn.Module, views: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
-        if self.teacher_bn == "eval":
-            return list(network(torch.cat(views)).chunk(len(views)))
-        return [shuffled_forward(network, view, self.shuffle_bn_splits) for view in views]
+        with torch.inference_mode():
+            if self.teacher_bn == "eval":
+                outputs = network(torch.cat(views)).chunk(len(views))
+            else:
+                outputs = [shuffled_forward(network, view, self.shuffle_bn_splits) for view in views]
+        return [output.clone() for output in outputs]  # normal tensors: the loss keeps them for its backward
 
     def configure_optimizers(self) -> dict:
         """SGD on the trainable parameters; lr scaled by batch/256, linear warm-up then cosine per step."""

@@ -15,10 +15,12 @@ from bingo.models.encoder import Encoder
 
 
 class Bingo(Method):
-    """Bag of Instances Aggregation (method.md §1.2): a queue of anchor keys.
+    """Bag of Instances Aggregation (arXiv 2107.01691, Sec. 3.2, Eq. 3-5): a queue of anchor keys.
 
-    Keys come from the frozen teacher (`keys=teacher`), or, for the ablation of method.md §1.3,
-    from a momentum copy of the student (`keys=momentum`; the teacher is then not needed).
+    Keys come from the frozen teacher (`keys=teacher`), or, for the ablation of the paper's Table 4
+    ("teacher parameters"), from a momentum copy of the student (`keys=momentum`; no teacher needed).
+    With `keys=teacher` and no teacher, the keys come with each batch, drawn from a teacher-key
+    cache (`bingo cache`): the teacher never runs and the key views are never augmented.
     """
 
     views = "bags"
@@ -31,11 +33,28 @@ class Bingo(Method):
         momentum = bingo.keys == "momentum"
         super().__init__(student, optim, None if momentum else teacher, teacher_bn, shuffle_bn_splits, run_info)
         dim = student.embed_dim
-        if not momentum:
+        if teacher is not None and not momentum:
             require_same_dim(dim, teacher.embed_dim, "embedding", "student.embed_dim")
         self.bingo = bingo
         self.key_encoder = MomentumEncoder(student, bingo.key_momentum, shuffle_bn_splits) if momentum else None
         self.queue = KeyQueue(bingo.queue_size, dim)
+
+    @property
+    def query_views(self) -> int:
+        """Student queries per anchor: the anchor's, and the positive's when the symmetric or CutMix term needs it."""
+        return 2 if self.bingo.symmetric or self.bingo.cutmix else 1
+
+    def make_views(self, batch: tuple) -> tuple:
+        """A batch of uint8 anchors and positives -> ([t1(a), t2(a), t3(p), t4(p)], labels, indices...).
+
+        With cached keys, only the queries are augmented: ([t1(a)] or [t1(a), t3(p)], ..., ya, yp).
+        """
+        anchors, positives, *rest = batch
+        if len(rest) == 3:  # labels, anchor indices, positive indices: the keys' views are needed
+            images = (anchors, anchors, positives, positives)
+        else:
+            images = (anchors, positives)[:self.query_views]
+        return (self.augment.views(*images, memory_format=self.memory_format), *rest)
 
     def keys(self, *views: torch.Tensor) -> list[torch.Tensor]:
         """Normalised keys of each view (B, D), from the teacher or the momentum student; no gradient."""
@@ -56,8 +75,14 @@ class Bingo(Method):
         return self.current_epoch + batch_idx / batches
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
-        """One BINGO step on (t1(a), t2(a), t3(p), t4(p))."""
-        (anchor_query, anchor_key, positive_query, positive_key), _, _, _ = batch
+        """One BINGO step on (t1(a), t2(a), t3(p), t4(p)), or on the queries and cached keys (ya, yp)."""
+        views, _, _, _, *cached = batch
+        if cached:
+            anchor_keys, positive_keys = cached  # ya, yp: (B, D)
+            anchor_query, positive_query = (*views, None)[:2]
+        else:
+            anchor_query, anchor_key, positive_query, positive_key = views
+            anchor_keys, positive_keys = self.keys(anchor_key, positive_key)  # ya, yp: (B, D)
         cfg = self.bingo
         anchor = self.student(anchor_query)  # za: (B, D)
         positive = self.student(positive_query) if cfg.symmetric else None  # zp
@@ -65,7 +90,6 @@ class Bingo(Method):
         if cfg.cutmix:
             mixed_images, lam_mix = cutmix(anchor_query, positive_query, cfg.cutmix_alpha)
             mixed = self.student(mixed_images)  # zm
-        anchor_keys, positive_keys = self.keys(anchor_key, positive_key)  # ya, yp: (B, D)
         lam_self, lam_other = self.loss_weights(self.epoch_progress(batch_idx))
         terms = bingo_loss(anchor, positive, mixed, anchor_keys, positive_keys, self.queue.snapshot(),
                            cfg.temperature, lam_self, lam_other, lam_mix)

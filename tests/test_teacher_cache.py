@@ -1,0 +1,168 @@
+"""The on-device data path and the teacher-key cache: what BINGO receives, what it runs, what is refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bingo.bags.files import load_bags
+from bingo.cli import main
+from bingo.config import AugmentConfig
+from bingo.data.augment import BatchAugment
+from bingo.data.datasets import build_dataset
+from bingo.data.keys import TeacherKeys
+from bingo.data.views import ImageBatches
+from bingo.methods import Bingo
+from bingo.methods.base import Method
+from conftest import EMBED, TRAIN_SIZE, read_json, snapshot, tiny_config, tiny_sets
+
+VIEWS = 3
+
+
+@pytest.fixture(scope="module")
+def cache(chain, tmp_path_factory) -> tuple:
+    """`bingo cache` of the shared chain's teacher, run in-process."""
+    out = tmp_path_factory.mktemp("cache") / "keys"
+    assert main(["cache", *tiny_sets(), "--teacher", str(chain.teacher), "--views", str(VIEWS), "--out",
+                 str(out)]) == 0
+    return out / "keys.npy", chain
+
+
+def test_cache_holds_normalised_keys_of_every_view(cache):
+    path, _ = cache
+    keys = np.load(path)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert keys.shape == (TRAIN_SIZE, VIEWS, EMBED) and keys.dtype == np.float16
+    assert np.allclose(np.linalg.norm(keys.astype(np.float32), axis=2), 1, atol=2e-3)
+    assert not np.allclose(keys[:, 0], keys[:, 1], atol=1e-2)  # each view augmented anew
+    assert meta["shape"] == list(keys.shape) and meta["augment"]["image_size"] == 16
+    assert read_json(path.parent / "results.json")["stage"] == "cache"
+
+
+def test_batches_carry_one_cached_key_per_anchor_and_positive(cache):
+    path, chain = cache
+    cfg = tiny_config()
+    data = build_dataset(cfg.data, "train")
+    keys = TeacherKeys(np.load(path, mmap_mode="r"), {})
+    bags = load_bags(chain.bags)
+    anchors, positives, labels, index, positive_index, ya, yp = ImageBatches(data, bags, keys).__getitems__([4, 9])
+    assert anchors.dtype == torch.uint8 and anchors.shape == (2, 3, 16, 16)
+    assert torch.equal(anchors[1], data.batch(np.array([9]))[0])
+    assert all(int(p) in bags.members(int(a)) for a, p in zip(index, positive_index, strict=True))
+    cached = torch.from_numpy(np.load(path)[[4, 9]].astype(np.float32))  # (2, V, D)
+    for row, key in enumerate(ya):  # each key is one of its image's cached views
+        assert torch.isclose(cached[row], key, atol=2e-3).all(1).any()
+
+
+def step_inputs(module: Method, batch: tuple) -> tuple:
+    """What the module's training_step receives after the device hook."""
+    return module.on_after_batch_transfer(batch, 0)
+
+
+def bingo_module(teacher, **bingo) -> Bingo:
+    cfg = tiny_config(*(f"distill.bingo.{k}={v}" for k, v in bingo.items()))
+    from bingo.models.encoder import Encoder
+
+    module = Bingo(Encoder(cfg.student, 3), teacher, cfg.distill.optim, cfg.distill.bingo)
+    module.use_device_augment(BatchAugment(cfg.data, AugmentConfig()), channels_last=True)
+    return module
+
+
+@pytest.mark.parametrize("settings, queries", [({}, 2), ({"cutmix": False, "symmetric": False}, 1)])
+def test_bingo_on_the_cache_augments_only_its_queries(settings, queries, monkeypatch):
+    monkeypatch.setattr(Bingo, "log_terms", lambda self, terms, batch_size: None)  # self.log needs a Trainer
+    module = bingo_module(None, **settings)
+    images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    keys = torch.nn.functional.normalize(torch.randn(4, EMBED), dim=1)
+    batch = (images, images.flip(0), torch.zeros(4), torch.arange(4), torch.arange(4).flip(0), keys, keys)
+    views, *rest = step_inputs(module, batch)
+    assert len(views) == queries and views[0].shape == (4, 3, 16, 16)
+    assert views[0].is_contiguous(memory_format=torch.channels_last)
+    loss = module.training_step((views, *rest), 0)
+    loss.backward()
+    assert torch.equal(module.queue.keys[:4], keys)  # the cached anchor keys entered the queue
+
+
+def test_bingo_without_cache_augments_four_views(chain):
+    from bingo.models.checkpoints import load_encoder
+
+    cfg = tiny_config()
+    module = bingo_module(load_encoder(chain.teacher, cfg.teacher, cfg.data))
+    images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    views, *_ = step_inputs(module, (images, images, torch.zeros(4), torch.arange(4), torch.arange(4)))
+    assert len(views) == 4
+
+
+def distill(tmp_path, chain, out: str, *extra: str) -> int:
+    return main(["distill", *tiny_sets(*extra), "--method", "bingo", "--bags", str(chain.bags),
+                 "--out", str(tmp_path / out)])
+
+
+def test_distill_on_the_cache_never_runs_the_teacher(cache, tmp_path, monkeypatch, bingo_logger_guard):
+    path, chain = cache
+    monkeypatch.setattr(Method, "teacher_keys", lambda *a: pytest.fail("the teacher ran"))
+    assert distill(tmp_path, chain, "cached", f"distill.teacher_cache={path}") == 0
+    assert (tmp_path / "cached" / "student.safetensors").exists()
+    identity = read_json(tmp_path / "cached" / "identity.json")
+    assert identity["teacher"] == json.loads(path.with_suffix(".json").read_text())["teacher"]
+
+
+def test_same_seed_repeats_a_device_path_run(tmp_path, chain, bingo_logger_guard):
+    sets = ("trainer.limit_train_batches=2", f"teacher.checkpoint={chain.teacher}")
+    assert distill(tmp_path, chain, "a", *sets) == 0 and distill(tmp_path, chain, "b", *sets) == 0
+    assert distill(tmp_path, chain, "c", *sets, "seed=1") == 0
+    weights = [load_file(tmp_path / run / "student.safetensors") for run in ("a", "b", "c")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+
+
+@pytest.mark.parametrize("change, message", [
+    ("augment.crop_min_scale=0.5", "another augmentation (differs in crop_min_scale)"),
+    ("data.generated_classes=5", "another data set"),
+    ("distill.method=seed", "serves BINGO"),
+    ("student.embed_dim=8", "student.embed_dim=16"),
+    ("data.augment_on=workers", "needs data.augment_on=device"),
+])
+def test_a_cache_that_does_not_fit_is_refused(cache, tmp_path, capsys, change, message, bingo_logger_guard):
+    path, chain = cache
+    code = main(["distill", *tiny_sets(f"distill.teacher_cache={path}", change), "--bags", str(chain.bags),
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_cache_of_another_teacher_is_refused(cache, tmp_path, capsys, bingo_logger_guard):
+    path, chain = cache
+    other = tmp_path / "other.safetensors"
+    shutil.copy(chain.teacher, other)
+    with open(other, "ab") as file:
+        file.write(b" ")  # other bytes: another teacher's identity
+    code = main(["distill", *tiny_sets(f"distill.teacher_cache={path}"), "--teacher", str(other), "--bags",
+                 str(chain.bags), "--out", str(tmp_path / "run")])
+    assert code == 2 and "another teacher" in capsys.readouterr().err
+
+
+def test_a_truncated_cache_is_refused_and_left_alone(cache, tmp_path, capsys, bingo_logger_guard):
+    path, chain = cache
+    broken = tmp_path / "keys"
+    broken.mkdir()
+    (broken / "keys.npy").write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    shutil.copy(path.with_suffix(".json"), broken / "keys.json")
+    before = snapshot(broken)
+    code = main(["distill", *tiny_sets(f"distill.teacher_cache={broken / 'keys.npy'}"), "--bags", str(chain.bags),
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "cannot be read" in err and len(err.splitlines()) == 1
+    assert snapshot(broken) == before
+
+
+def test_cache_refuses_bad_settings(chain, tmp_path, capsys, bingo_logger_guard):
+    code = main(["cache", *tiny_sets(), "--teacher", str(chain.teacher), "--views", "0", "--out",
+                 str(tmp_path / "k")])
+    assert code == 2 and "cache.views" in capsys.readouterr().err and not (tmp_path / "k").exists()
