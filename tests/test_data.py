@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from bingo.bags.files import NeighbourBags
 from bingo.bags.knn import knn_bags
@@ -145,3 +147,31 @@ def test_cutmix_weight_is_the_surviving_area(height, width):
     assert 0 < min(lams) and max(lams) <= 1
     assert sum(lam < 1 for lam in lams) > 150  # a box is pasted in most draws
     assert 0.4 < float(np.mean(lams)) < 0.9  # box area ~ 1 - Beta(2, 2), shrunk by clipping and rounding
+
+
+def image_folder(root, sizes=((20, 30), (40, 24), (24, 24), (33, 50))):
+    """ROOT/train/CLASS/IMAGE.png with images of different sizes and a gradient (left dark, right bright)."""
+    for i, (width, height) in enumerate(sizes):
+        folder = root / "train" / f"class{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        ramp = np.tile(np.linspace(0, 255, width, dtype=np.uint8), (height, 1))
+        Image.fromarray(np.stack([ramp, ramp[::-1], ramp], -1)).save(folder / f"img{i}.png")
+    return root
+
+
+def test_a_decoded_folder_serves_batches_and_keeps_the_folder_identity(tmp_path):
+    cfg = tiny_config("data.name=imagefolder", f"data.root={image_folder(tmp_path / 'images')}",
+                      "data.eval_resize=16", f"data.decode_cache={tmp_path / 'decoded'}").data
+    files = build_dataset(dataclasses.replace(cfg, decode_cache=""), "train")
+    decoded = build_dataset(cfg, "train")
+    assert not files.in_memory and decoded.in_memory
+    assert decoded.identity == files.identity and list(decoded.labels) == list(files.labels)
+    batch = decoded.batch(np.arange(len(decoded)))
+    assert batch.shape == (4, 3, 16, 16) and batch.dtype == torch.uint8
+    assert (batch[:, 0, :, -1].float().mean() > batch[:, 0, :, 0].float().mean() + 100)  # the gradient survived
+    (cached,) = list((tmp_path / "decoded").glob("*.npy"))
+    stamp = cached.stat().st_mtime_ns
+    assert torch.equal(build_dataset(cfg, "train").batch(np.arange(4)), batch)  # reused, not decoded again
+    assert cached.stat().st_mtime_ns == stamp
+    with pytest.raises(TypeError):
+        files.batch(np.arange(2))

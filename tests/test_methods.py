@@ -293,3 +293,18 @@ def test_bingo_refuses_a_student_embedding_of_another_size():
     student = Encoder(ModelConfig(arch="resnet18", width=8, stem="cifar", head_hidden=32, embed_dim=8), 3)
     with pytest.raises(UserError, match="set student.embed_dim=16"):
         Bingo(student, teacher, OptimConfig(epochs=1, batch_size=8), BingoConfig(queue_size=32))
+
+
+def test_momentum_update_is_the_exponential_moving_average():
+    from bingo.methods.momentum import MomentumEncoder
+
+    source = tiny_encoder(0)
+    follower = MomentumEncoder(source, momentum=0.9)
+    before = [p.detach().clone() for p in follower.encoder.parameters()]
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(torch.randn_like(p))
+    follower.update(source)
+    for old, new, target in zip(before, follower.encoder.parameters(), source.parameters(), strict=True):
+        assert torch.allclose(new, 0.9 * old + 0.1 * target, atol=1e-6)
+    assert not any(p.requires_grad for p in follower.encoder.parameters())

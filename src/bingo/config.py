@@ -41,6 +41,8 @@ class DataConfig:
     num_workers: int = 8  # loader processes of the per-image path (folders of image files)
     augment_on: str = "auto"  # device: batches augmented where the networks run (in-memory data sets) | workers:
     # each image by torchvision in loader processes | auto: device where the data set is held in memory
+    decode_cache: str = ""  # imagefolder: decode every image once into a uint8 .npy in this folder (shorter side
+    # resized to eval_resize, centre square kept), then augment whole batches on the device
     generated_classes: int = 10  # only for name=generated
     generated_train_size: int = 512
     generated_test_size: int = 256

@@ -69,10 +69,13 @@ def file_digest(path: Path) -> str:
 
 
 def peak_memory_mib() -> dict[str, float]:
-    """Peak resident memory so far: this process and its largest child (data loader workers)."""
+    """Peak memory so far: this process and its largest child (data loader workers); the GPU's, if one is used."""
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"main_mib": round(own, 1), "largest_child_mib": round(child, 1)}
+    peaks = {"main_mib": round(own, 1), "largest_child_mib": round(child, 1)}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        peaks["gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return peaks
 
 
 class Throughput(Callback):

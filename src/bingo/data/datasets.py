@@ -7,9 +7,9 @@ size, channels and normalisation the config names, whatever the files hold.
 from __future__ import annotations
 
 import abc
-import functools
 import gzip
 import hashlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -62,11 +62,15 @@ class ImageDataset(Dataset, abc.ABC):
 
 
 class ArrayImages(ImageDataset):
-    """Images held in memory as one uint8 array (N, H, W) or (N, H, W, C)."""
+    """Images held as one uint8 array (N, H, W) or (N, H, W, C), in memory or memory-mapped from a .npy file.
 
-    def __init__(self, name: str, split: str, pixels: np.ndarray, labels: np.ndarray, mode: str):
-        self.pixels = np.ascontiguousarray(pixels)
-        super().__init__(name, split, labels, mode, hashlib.sha256(self.pixels).digest())
+    `ids` identifies the images (default: a hash of the pixels; a decoded folder keeps its files' identity).
+    """
+
+    def __init__(self, name: str, split: str, pixels: np.ndarray, labels: np.ndarray, mode: str,
+                 ids: bytes | None = None):
+        self.pixels = pixels if isinstance(pixels, np.memmap) else np.ascontiguousarray(pixels)
+        super().__init__(name, split, labels, mode, ids if ids is not None else hashlib.sha256(self.pixels).digest())
 
     in_memory = True
 
@@ -75,15 +79,13 @@ class ArrayImages(ImageDataset):
         return Image.fromarray(self.pixels[index]).convert(self.mode)
 
     def batch(self, indices: np.ndarray) -> torch.Tensor:
-        """The images at `indices` as one uint8 tensor (B, C, H, W) in the configured channel mode."""
-        return self._channels_first[torch.as_tensor(indices)]
+        """The images at `indices` as one uint8 tensor (B, C, H, W) in the configured channel mode.
 
-    @functools.cached_property
-    def _channels_first(self) -> torch.Tensor:
-        """All images (N, C, H, W) uint8 in the configured mode, converted as PIL's `convert` does."""
-        pixels = torch.from_numpy(self.pixels)
-        pixels = pixels.unsqueeze(-1) if pixels.ndim == 3 else pixels  # (N, H, W, channels in the files)
-        if self.mode == "L" and pixels.shape[-1] == 3:  # ITU-R 601-2 luma, PIL's integer rounding
+        Converted as PIL's `convert` does: RGB to L by ITU-R 601-2 luma with PIL's integer rounding.
+        """
+        pixels = torch.from_numpy(np.ascontiguousarray(self.pixels[np.asarray(indices)]))
+        pixels = pixels.unsqueeze(-1) if pixels.ndim == 3 else pixels  # (B, H, W, channels in the array)
+        if self.mode == "L" and pixels.shape[-1] == 3:
             weights = torch.tensor([19595, 38470, 7471], dtype=torch.int32)
             pixels = ((pixels.int() * weights).sum(-1, keepdim=True) + 0x8000).bitwise_right_shift(16).byte()
         elif self.mode == "RGB" and pixels.shape[-1] == 1:
@@ -214,7 +216,52 @@ def _image_folder(cfg: DataConfig, split: str, mode: str) -> ImageDataset:
     classes, class_to_idx = find_classes(str(folder))
     samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS)
     files = [str(Path(path).relative_to(folder)) for path, _ in samples]
-    return FileImages("imagefolder", split, folder, files, np.array([label for _, label in samples]), mode)
+    images = FileImages("imagefolder", split, folder, files, np.array([label for _, label in samples]), mode)
+    return decoded(images, Path(cfg.decode_cache), cfg.eval_resize, cfg.num_workers) if cfg.decode_cache else images
+
+
+class _Decoder(Dataset):
+    """Each image of a folder as a uint8 array (side, side, C): shorter side resized to `side`, centre-cropped."""
+
+    def __init__(self, images: FileImages, side: int):
+        self.images, self.side = images, side
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        image = self.images.image(index)
+        scale = self.side / min(image.size)
+        width, height = max(self.side, round(image.width * scale)), max(self.side, round(image.height * scale))
+        left, top = (width - self.side) // 2, (height - self.side) // 2
+        image = image.resize((width, height), Image.BILINEAR).crop((left, top, left + self.side, top + self.side))
+        return np.asarray(image).reshape(self.side, self.side, -1)
+
+
+def decoded(images: FileImages, folder: Path, side: int, workers: int) -> ArrayImages:
+    """`images` decoded once into a memory-mapped uint8 .npy in `folder` (reused when present): batches for the device.
+
+    Each image's shorter side is resized to `side` (data.eval_resize) and the centre square kept, so the
+    training crops are drawn from that square. The file is named by the images' identity and `side`.
+    """
+    from torch.utils.data import DataLoader
+
+    path = folder / f"{images.split}-{images.identity['fingerprint']}-{side}{images.mode}.npy"
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        channels = 1 if images.mode == "L" else 3
+        partial = path.with_name(f".{path.name}.partial")
+        rows = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(images), side, side, channels))
+        loader = DataLoader(_Decoder(images, side), batch_size=64, num_workers=workers)
+        start = 0
+        for batch in loader:
+            rows[start:start + len(batch)] = batch.numpy()
+            start += len(batch)
+        rows.flush()
+        del rows
+        os.replace(partial, path)
+    pixels = np.load(path, mmap_mode="r")
+    return ArrayImages(images.name, images.split, pixels, images.labels, images.mode, images._ids)
 
 
 def _generated(cfg: DataConfig, split: str, mode: str) -> ImageDataset:

@@ -102,7 +102,7 @@ class Method(L.LightningModule):
         cfg = self.optim
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(params, lr=cfg.lr * cfg.batch_size / 256, momentum=cfg.momentum,
-                                    weight_decay=cfg.weight_decay)
+                                    weight_decay=cfg.weight_decay, foreach=True)  # one fused update on CPU too
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = total * cfg.warmup_epochs // max(1, cfg.epochs)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total))

@@ -23,9 +23,9 @@ class MomentumEncoder(nn.Module):
 
     @torch.no_grad()
     def update(self, source: Encoder) -> None:
-        """encoder ← m·encoder + (1 - m)·source, parameter by parameter."""
-        for mine, theirs in zip(self.encoder.parameters(), source.parameters(), strict=True):
-            mine.mul_(self.momentum).add_(theirs.detach(), alpha=1 - self.momentum)
+        """encoder ← m·encoder + (1 - m)·source, every parameter in one fused call."""
+        mine, theirs = list(self.encoder.parameters()), [p.detach() for p in source.parameters()]
+        torch._foreach_lerp_(mine, theirs, 1 - self.momentum)  # mine + (1 - m)·(theirs - mine)
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
