@@ -113,6 +113,65 @@ def bare_rate(method: str, overrides: list[str], steps: int, channels_last: bool
     return batch * steps / (time.perf_counter() - started)
 
 
+def official_bingo_rate(overrides: list[str], steps: int, channels_last: bool) -> float:
+    """Anchors/s of the official BINGO step (haohang96/bingo, moco/builder.py and main_moco.py), re-created here.
+
+    As the official code does it: CutMix of the anchor and positive queries; three separate student
+    passes (anchor, positive, mixed); two separate teacher passes, each with shuffle-BN (a permutation,
+    then its inverse; all_gather is the identity in one process); logits of each query against both
+    keys and the queue (N x 2 x (1 + K)); the two-positive cross-entropies weighted by (λs, λo), the
+    CutMix one by its area; their sum over 3; an SGD step. Random tensors, no data pipeline.
+    """
+    cfg = load_config("demo", None, overrides, stage="distill")
+    student, teacher = Encoder(cfg.student, cfg.data.channels), Encoder(cfg.teacher, cfg.data.channels).eval()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    student.to(memory_format=fmt)
+    teacher.to(memory_format=fmt)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9)
+    batch, size, bingo_cfg = cfg.distill.optim.batch_size, cfg.data.image_size, cfg.distill.bingo
+    queue = torch.nn.functional.normalize(torch.randn(student.embed_dim, bingo_cfg.queue_size), dim=0)  # (D, K)
+    images = [torch.randn(batch, cfg.data.channels, size, size).contiguous(memory_format=fmt) for _ in range(4)]
+    lam_self, lam_other = bingo_cfg.lam_self, bingo_cfg.lam_other
+
+    def shuffled_keys(view: torch.Tensor) -> torch.Tensor:
+        order = torch.randperm(len(view))
+        return torch.nn.functional.normalize(teacher(view[order]), dim=1)[torch.argsort(order)]
+
+    def logits(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:  # (N, D), (N, 2, D) -> (N, 2, 1 + K)
+        positive = torch.einsum("nmc,nc->nm", keys, query).unsqueeze(-1)
+        negative = (query @ queue).unsqueeze(1).repeat(1, 2, 1)
+        return torch.cat([positive, negative], 2) / bingo_cfg.temperature
+
+    def two_positive_ce(out: torch.Tensor, weights: tuple[float, float]) -> torch.Tensor:
+        log_p = torch.log_softmax(out, dim=2)[..., 0]  # (N, 2): each positive against the shared negatives
+        return -(weights[0] * log_p[:, 0] + weights[1] * log_p[:, 1]).mean()
+
+    def step() -> None:
+        query, key, positive_query, positive_key = images
+        keep = float(torch.distributions.Beta(2.0, 2.0).sample())
+        cut = int(size * (1 - keep) ** 0.5)
+        y, x = int(torch.randint(size, ())), int(torch.randint(size, ()))
+        y0, y1, x0, x1 = max(y - cut // 2, 0), min(y + cut // 2, size), max(x - cut // 2, 0), min(x + cut // 2, size)
+        mixed = query.clone()
+        mixed[..., y0:y1, x0:x1] = positive_query[..., y0:y1, x0:x1]
+        area = 1 - (y1 - y0) * (x1 - x0) / size**2
+        queries = [torch.nn.functional.normalize(student(v), dim=1) for v in (query, positive_query, mixed)]
+        with torch.no_grad():
+            keys = torch.stack([shuffled_keys(key), shuffled_keys(positive_key)], 1)  # (N, 2, D)
+        loss = two_positive_ce(logits(queries[0], keys), (lam_self, lam_other)) \
+            + two_positive_ce(logits(queries[1], keys), (lam_other, lam_self)) \
+            + two_positive_ce(logits(queries[2], keys), (area, 1 - area))
+        optimizer.zero_grad()
+        (loss / 3).backward()
+        optimizer.step()
+
+    step()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return batch * steps / (time.perf_counter() - started)
+
+
 def prepare(folder: Path, overrides: list[str], cache_views: int) -> tuple[Path, Path, Path | None]:
     """A random-weight teacher file, its kNN bag file and (cache_views > 0) its teacher-key cache."""
     cfg = load_config("demo", None, overrides, stage="distill")
@@ -143,6 +202,7 @@ def main() -> None:
     args = parser.parse_args()
     overrides = COMMON + (LARGE if args.large else []) + args.overrides
     results: dict[str, dict[str, list[float]]] = {m: {"logged": [], "bare": [], "bare_cl": []} for m in args.methods}
+    official = []  # the official BINGO step, channels-last as the anchor
     with tempfile.TemporaryDirectory() as tmp:
         needs_cache = any(method in CACHED for method in args.methods)
         teacher, bags, keys = prepare(Path(tmp), overrides, args.cache_views if needs_cache else 0)
@@ -153,6 +213,8 @@ def main() -> None:
                                                  args.window))
                 row["bare"].append(bare_rate(method, overrides, args.bare_steps, channels_last=False))
                 row["bare_cl"].append(bare_rate(method, overrides, args.bare_steps, channels_last=True))
+            if "bingo" in args.methods:
+                official.append(official_bingo_rate(overrides, args.bare_steps, channels_last=True))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; medians of {args.repeats} repeats")
     print("| method | logged images/s | bare | bare, channels-last | logged / bare channels-last |")
     print("|---|---|---|---|---|")
@@ -162,6 +224,10 @@ def main() -> None:
         summary[method] = {**med, "ratio": med["logged"] / med["bare_cl"], "raw": row}
         print(f"| {method} | {med['logged']:.0f} | {med['bare']:.0f} | {med['bare_cl']:.0f} | "
               f"{med['logged'] / med['bare_cl']:.2f} |")
+    if official:
+        print(f"| official BINGO step (re-created, random tensors, channels-last) | | | "
+              f"{statistics.median(official):.0f} | |")
+        summary["official-bingo"] = {"bare_cl": statistics.median(official), "raw": official}
     if args.json:
         args.json.write_text(json.dumps({"overrides": overrides, "results": summary}, indent=2))
 

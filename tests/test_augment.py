@@ -41,11 +41,8 @@ def test_ks_statistic_tells_different_distributions_apart():
 def test_crop_area_and_aspect_ratio_match_torchvision():
     aug = AugmentConfig(crop_min_scale=0.3)
     size = 32
-    crop = BatchAugment(data_config(1, size), aug).ops[0]
-    params = crop.forward_parameters(torch.Size([DRAWS, 1, size, size]))
-    box = params["src"]  # (B, 4, 2) corners: top-left, top-right, bottom-right, bottom-left
-    width = (box[:, 1, 0] - box[:, 0, 0] + 1).numpy()
-    height = (box[:, 2, 1] - box[:, 1, 1] + 1).numpy()
+    x0, y0, x1, y1 = BatchAugment(data_config(1, size), aug).draw(DRAWS, size, size)[:, :4].T
+    width, height = (x1 - x0 + 1).numpy(), (y1 - y0 + 1).numpy()
     image = Image.new("L", (size, size))
     reference = np.array([T.RandomResizedCrop.get_params(image, (0.3, 1.0), (3 / 4, 4 / 3))[2:]
                           for _ in range(DRAWS)], dtype=np.float64)  # (h, w)
@@ -110,6 +107,16 @@ def test_a_changed_setting_changes_the_distribution():
     per_image, _ = draws(1, AugmentConfig(crop_min_scale=0.3, jitter_strength=0.4))
     _, stronger = draws(1, AugmentConfig(crop_min_scale=0.3, jitter_strength=0.8))
     assert ks_statistic(statistics(per_image)["std"], statistics(stronger)["std"]) > KS_CRITICAL
+
+
+def test_a_view_is_replayed_exactly_from_its_parameters():
+    augment = BatchAugment(data_config(3, 16), AugmentConfig(blur_prob=0.5))
+    images = torch.randint(0, 256, (64, 3, 20, 20), dtype=torch.uint8)
+    params = augment.draw(64, 20, 20)
+    first = augment.apply(images, params)
+    order = torch.randperm(64)  # the same views, assembled in another batch order
+    assert torch.allclose(augment.apply(images[order], params[order]), first[order], atol=1e-5)
+    assert not torch.allclose(augment.apply(images, augment.draw(64, 20, 20)), first)
 
 
 def test_views_in_one_call_are_independent_and_in_memory_format():

@@ -1,9 +1,10 @@
-"""The on-device data path and the teacher-key cache: what BINGO receives, what it runs, what is refused."""
+"""The on-device data path and the teacher cache: what each method receives, what it runs, what is refused."""
 
 from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,24 +14,38 @@ from safetensors.torch import load_file
 from bingo.bags.files import load_bags
 from bingo.cli import main
 from bingo.config import AugmentConfig
-from bingo.data.augment import BatchAugment
+from bingo.data.augment import PARAMS, BatchAugment
 from bingo.data.datasets import build_dataset
-from bingo.data.keys import TeacherKeys
+from bingo.data.keys import TeacherOutputs
 from bingo.data.views import ImageBatches
 from bingo.methods import Bingo
 from bingo.methods.base import Method
+from bingo.models.checkpoints import load_encoder
 from conftest import EMBED, TRAIN_SIZE, read_json, snapshot, tiny_config, tiny_sets
 
 VIEWS = 3
 
 
+def build_cache(chain, folder, *extra: str) -> Path:
+    assert main(["cache", *tiny_sets(*extra), "--teacher", str(chain.teacher), "--views", str(VIEWS), "--out",
+                 str(folder)]) == 0
+    return folder / "outputs.npy"
+
+
 @pytest.fixture(scope="module")
 def cache(chain, tmp_path_factory) -> tuple:
-    """`bingo cache` of the shared chain's teacher, run in-process."""
-    out = tmp_path_factory.mktemp("cache") / "keys"
-    assert main(["cache", *tiny_sets(), "--teacher", str(chain.teacher), "--views", str(VIEWS), "--out",
-                 str(out)]) == 0
-    return out / "keys.npy", chain
+    """`bingo cache` of the shared chain's teacher (embeddings), run in-process."""
+    return build_cache(chain, tmp_path_factory.mktemp("cache") / "embedding"), chain
+
+
+@pytest.fixture(scope="module")
+def feature_cache(chain, tmp_path_factory) -> Path:
+    """`bingo cache` of the shared chain's teacher's backbone features."""
+    return build_cache(chain, tmp_path_factory.mktemp("cache") / "features", "cache.layer=features")
+
+
+def open_cache(path: Path) -> TeacherOutputs:
+    return TeacherOutputs(np.load(path, mmap_mode="r"), np.load(path.with_name("views.npy"), mmap_mode="r"), {})
 
 
 def test_cache_holds_normalised_keys_of_every_view(cache):
@@ -38,17 +53,39 @@ def test_cache_holds_normalised_keys_of_every_view(cache):
     keys = np.load(path)
     meta = json.loads(path.with_suffix(".json").read_text())
     assert keys.shape == (TRAIN_SIZE, VIEWS, EMBED) and keys.dtype == np.float16
+    assert np.load(path.with_name("views.npy")).shape == (TRAIN_SIZE, VIEWS, PARAMS)
     assert np.allclose(np.linalg.norm(keys.astype(np.float32), axis=2), 1, atol=2e-3)
     assert not np.allclose(keys[:, 0], keys[:, 1], atol=1e-2)  # each view augmented anew
     assert meta["shape"] == list(keys.shape) and meta["augment"]["image_size"] == 16
-    assert read_json(path.parent / "results.json")["stage"] == "cache"
+    assert meta["layer"] == "embedding" and read_json(path.parent / "results.json")["stage"] == "cache"
+
+
+@pytest.mark.parametrize("layer", ["embedding", "features"])
+def test_a_replayed_view_is_the_view_the_teacher_saw(cache, feature_cache, layer):
+    """The student's view, rebuilt from the stored parameters, gives the teacher the output it cached."""
+    path, chain = cache
+    path = path if layer == "embedding" else feature_cache
+    cfg = tiny_config()
+    teacher = load_encoder(chain.teacher, cfg.teacher, cfg.data).eval()
+    data = build_dataset(cfg.data, "train")
+    indices = np.array([3, 50, 100])
+    outputs, params = open_cache(path).sample_views(indices, 2)  # (3, 2, D), (3, 2, P)
+    assert not torch.equal(params[:, 0], params[:, 1])  # two distinct views
+    augment = BatchAugment(cfg.data, cfg.augment)
+    network = teacher if layer == "embedding" else teacher.backbone
+    with torch.no_grad():
+        for view in range(2):
+            again = network(augment.apply(data.batch(indices), params[:, view]))
+            assert torch.allclose(again, outputs[:, view], atol=2e-2, rtol=1e-2)
+            other = network(augment.apply(data.batch(indices), params[:, 1 - view]))
+            assert not torch.allclose(other, outputs[:, view], atol=2e-2, rtol=1e-2)
 
 
 def test_batches_carry_one_cached_key_per_anchor_and_positive(cache):
     path, chain = cache
     cfg = tiny_config()
     data = build_dataset(cfg.data, "train")
-    keys = TeacherKeys(np.load(path, mmap_mode="r"), {})
+    keys = open_cache(path)
     bags = load_bags(chain.bags)
     anchors, positives, labels, index, positive_index, ya, yp = ImageBatches(data, bags, keys).__getitems__([4, 9])
     assert anchors.dtype == torch.uint8 and anchors.shape == (2, 3, 16, 16)
@@ -105,11 +142,32 @@ def distill(tmp_path, chain, out: str, *extra: str) -> int:
 
 def test_distill_on_the_cache_never_runs_the_teacher(cache, tmp_path, monkeypatch, bingo_logger_guard):
     path, chain = cache
-    monkeypatch.setattr(Method, "teacher_keys", lambda *a: pytest.fail("the teacher ran"))
+    monkeypatch.setattr(Method, "_run_teacher", lambda *a: pytest.fail("the teacher ran"))
     assert distill(tmp_path, chain, "cached", f"distill.teacher_cache={path}") == 0
     assert (tmp_path / "cached" / "student.safetensors").exists()
     identity = read_json(tmp_path / "cached" / "identity.json")
     assert identity["teacher"] == json.loads(path.with_suffix(".json").read_text())["teacher"]
+
+
+@pytest.mark.parametrize("method", ["seed", "disco", "compress-2q", "simreg"])
+def test_peers_on_the_cache_never_run_the_teacher(cache, feature_cache, method, tmp_path, monkeypatch,
+                                                   bingo_logger_guard):
+    path, chain = cache
+    path = feature_cache if method in ("compress-2q", "simreg") else path
+    monkeypatch.setattr(Method, "_run_teacher", lambda *a: pytest.fail("the teacher ran"))
+    code = main(["distill", *tiny_sets(f"distill.teacher_cache={path}", "trainer.limit_train_batches=2"),
+                 "--method", method, "--teacher", str(chain.teacher), "--out", str(tmp_path / method)])
+    assert code == 0 and (tmp_path / method / "student.safetensors").exists()
+
+
+def test_a_cache_of_the_wrong_layer_or_too_few_views_is_refused(cache, feature_cache, tmp_path, capsys,
+                                                                bingo_logger_guard):
+    path, chain = cache
+    for method, cache_path, message in (("simreg", path, "needs its features"),
+                                        ("seed", feature_cache, "needs its embedding")):
+        code = main(["distill", *tiny_sets(f"distill.teacher_cache={cache_path}"), "--method", method,
+                     "--teacher", str(chain.teacher), "--out", str(tmp_path / method)])
+        assert code == 2 and message in capsys.readouterr().err and not (tmp_path / method).exists()
 
 
 def test_same_seed_repeats_a_device_path_run(tmp_path, chain, bingo_logger_guard):
@@ -124,7 +182,8 @@ def test_same_seed_repeats_a_device_path_run(tmp_path, chain, bingo_logger_guard
 @pytest.mark.parametrize("change, message", [
     ("augment.crop_min_scale=0.5", "another augmentation (differs in crop_min_scale)"),
     ("data.generated_classes=5", "another data set"),
-    ("distill.method=seed", "serves BINGO"),
+    ("distill.method=moco", "moco and bingo with momentum keys have none"),
+    ("distill.bingo.keys=momentum", "moco and bingo with momentum keys have none"),
     ("student.embed_dim=8", "student.embed_dim=16"),
     ("data.augment_on=workers", "needs data.augment_on=device"),
 ])
@@ -152,10 +211,11 @@ def test_a_truncated_cache_is_refused_and_left_alone(cache, tmp_path, capsys, bi
     path, chain = cache
     broken = tmp_path / "keys"
     broken.mkdir()
-    (broken / "keys.npy").write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    shutil.copy(path.with_suffix(".json"), broken / "keys.json")
+    (broken / "outputs.npy").write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    shutil.copy(path.with_suffix(".json"), broken / "outputs.json")
+    shutil.copy(path.with_name("views.npy"), broken / "views.npy")
     before = snapshot(broken)
-    code = main(["distill", *tiny_sets(f"distill.teacher_cache={broken / 'keys.npy'}"), "--bags", str(chain.bags),
+    code = main(["distill", *tiny_sets(f"distill.teacher_cache={broken / 'outputs.npy'}"), "--bags", str(chain.bags),
                  "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "cannot be read" in err and len(err.splitlines()) == 1

@@ -166,9 +166,10 @@ class EmbedConfig:
 
 @dataclass
 class CacheConfig:
-    """`bingo cache`: the teacher's keys of `views` augmented views of every training image, computed once."""
+    """`bingo cache`: the teacher's outputs on `views` augmented views of every training image, computed once."""
 
     views: int = 16
+    layer: str = "embedding"  # embedding (BINGO, SEED, DisCo) | features (backbone: CompRess, SimReg)
     batch_size: int = 256
 
 

@@ -20,7 +20,7 @@ from bingo.bags.features import (
     load_features,
     pixel_features,
     read_features_meta,
-    teacher_keys,
+    teacher_views,
     write_features_meta,
 )
 from bingo.bags.files import Bags, check_bags, load_bags, save_bags
@@ -30,7 +30,14 @@ from bingo.bags.strategies import FEATURE_STRATEGIES, check_request, make_bags
 from bingo.config import PROTOCOLS, Config, ModelConfig, to_dict
 from bingo.data.augment import BatchAugment
 from bingo.data.datasets import ImageDataset, build_dataset
-from bingo.data.keys import KEYS_FORMAT, TeacherKeys, augment_identity, load_teacher_keys, sidecar
+from bingo.data.keys import (
+    CACHE_FORMAT,
+    LAYERS,
+    TeacherOutputs,
+    augment_identity,
+    cache_files,
+    load_teacher_outputs,
+)
 from bingo.data.transforms import moco_v2_transform
 from bingo.data.views import BagViews, ImageBatches, Views
 from bingo.errors import UserError
@@ -47,7 +54,7 @@ from bingo.training import file_digest, fit, is_rank_zero, peak_memory_mib, prep
 
 log = logging.getLogger("bingo")
 TEACHER_FILE, STUDENT_FILE, BAGS_FILE = "teacher.safetensors", "student.safetensors", "bags.npz"
-FEATURES_FILE, MONTAGE_FILE, KEYS_FILE = "features.npy", "montage.png", "keys.npy"
+FEATURES_FILE, MONTAGE_FILE, CACHE_FILE = "features.npy", "montage.png", "outputs.npy"
 AUGMENT_ON = ("auto", "device", "workers")
 PURITY_SAMPLE = 20000  # anchors for the bag purity an evaluation reports
 
@@ -157,21 +164,23 @@ def run_distill(cfg: Config, out: Path, resume: bool = False) -> Path:
     data = build_dataset(cfg.data, "train")
     run_info = {"dataset": data.identity, "method": name}
     student = Encoder(cfg.student, cfg.data.channels)  # first: the same seed gives every method the same start
-    teacher, keys, bags = None, None, None
-    if cfg.distill.teacher_cache:
-        keys = _teacher_cache(cfg, data)
-        run_info["teacher"] = keys.meta["teacher"]
+    teacher, cache, bags = None, None, None
     if needs_teacher(cfg):
         teacher = _load_teacher(cfg)
         run_info["teacher"] = file_digest(Path(cfg.teacher.checkpoint))
     module = build_method(cfg, student, teacher, run_info)
+    if cfg.distill.teacher_cache:
+        cache = _teacher_cache(cfg, data, module)
+        run_info["teacher"] = cache.meta["teacher"]
+        run_info["teacher_cache"] = file_digest(cache_files(Path(cfg.distill.teacher_cache))[1])
+        module.drop_teacher()
     if module.views == "bags":
         if not cfg.distill.bags:
             raise UserError(f"{name} needs bags: pass --bags FILE (built by 'bingo bags')")
         bags = load_bags(Path(cfg.distill.bags))
         check_bags(Path(cfg.distill.bags), bags, data.identity, _expected_bags(cfg, run_info.get("teacher")))
         run_info["bags"] = file_digest(Path(cfg.distill.bags))
-    dataset = training_data(cfg, data, module, bags, keys)
+    dataset = training_data(cfg, data, module, bags, cache)
     prepare_run_folder(out, cfg, resume, run_info)
     trainer = fit(module, dataset, cfg, cfg.distill.optim, out, resume)
     return _finish_training(module, trainer, cfg.student, cfg, out / STUDENT_FILE,
@@ -179,7 +188,7 @@ def run_distill(cfg: Config, out: Path, resume: bool = False) -> Path:
 
 
 def training_data(cfg: Config, data: ImageDataset, module: Method, bags: Bags | None = None,
-                  keys: TeacherKeys | None = None) -> Dataset:
+                  cache: TeacherOutputs | None = None) -> Dataset:
     """`module`'s training samples: uint8 batches it augments on its device, or views augmented by loader workers.
 
     In-memory data sets (Fashion-MNIST, CIFAR, STL-10, generated) take the device path unless
@@ -191,31 +200,32 @@ def training_data(cfg: Config, data: ImageDataset, module: Method, bags: Bags | 
     if where == "device" and not data.in_memory:
         raise UserError(f"data.augment_on=device needs a data set held in memory; {data.name} is read from files "
                         "one by one: use data.augment_on=workers (or auto)")
-    if where == "workers" and keys is not None:
-        raise UserError("a teacher-key cache (distill.teacher_cache) needs data.augment_on=device or auto")
+    if where == "workers" and cache is not None:
+        raise UserError("a teacher cache (distill.teacher_cache) needs data.augment_on=device or auto")
     if data.in_memory and where != "workers":
         module.use_device_augment(BatchAugment(cfg.data, cfg.augment), cfg.trainer.channels_last)
-        return ImageBatches(data, bags, keys)
+        return ImageBatches(data, bags, cache, module.cached_views)
     module.use_memory_format(cfg.trainer.channels_last)
     transform = moco_v2_transform(cfg.data, cfg.augment)
     return Views(data, transform, module.views) if bags is None else BagViews(data, bags, transform)
 
 
-def _teacher_cache(cfg: Config, data: ImageDataset) -> TeacherKeys:
-    """The run's teacher-key cache, checked against its data set, augmentation, teacher and student."""
+def _teacher_cache(cfg: Config, data: ImageDataset, module: Method) -> TeacherOutputs:
+    """The run's teacher cache, checked against its method, data set, augmentation, teacher and student."""
     d = cfg.distill
-    if d.method != "bingo" or d.bingo.keys != "teacher" or d.teacher_bn != "eval":
-        raise UserError("a teacher-key cache (--teacher-cache) serves BINGO with teacher keys and the teacher's "
-                        "BatchNorm in eval mode (distill.bingo.keys=teacher, distill.teacher_bn=eval); the other "
-                        "methods run the teacher on the student's own views")
+    if d.method == "moco" or (d.method == "bingo" and d.bingo.keys != "teacher") or d.teacher_bn != "eval":
+        raise UserError("a teacher cache (--teacher-cache) serves the methods that distil a teacher whose BatchNorm "
+                        "runs in eval mode (distill.teacher_bn=eval); moco and bingo with momentum keys have none")
     teacher = file_digest(Path(cfg.teacher.checkpoint)) if cfg.teacher.checkpoint else None
-    keys = load_teacher_keys(Path(d.teacher_cache), data.identity, augment_identity(cfg.data, cfg.augment), teacher)
-    require_same_dim(cfg.student.embed_dim, keys.dim, "cached keys", "student.embed_dim")
-    return keys
+    cache = load_teacher_outputs(Path(d.teacher_cache), data.identity, augment_identity(cfg.data, cfg.augment),
+                                 teacher, module.cache_layer, module.cached_views)
+    if module.teacher is None:  # BINGO without a teacher file: the cache alone says what the keys are
+        require_same_dim(cfg.student.embed_dim, cache.dim, "cached keys", "student.embed_dim")
+    return cache
 
 
 def run_cache(cfg: Config, out: Path) -> Path:
-    """The teacher's keys of cfg.cache.views augmented views of every training image (`bingo cache`)."""
+    """The teacher's outputs on cfg.cache.views augmented views of every training image (`bingo cache`)."""
     started = time.perf_counter()
     L.seed_everything(cfg.seed, verbose=False)
     data = build_dataset(cfg.data, "train")
@@ -223,20 +233,27 @@ def run_cache(cfg: Config, out: Path) -> Path:
         raise UserError(f"'bingo cache' augments in-memory data sets on the device; {data.name} is read from files")
     if cfg.cache.views < 1 or cfg.cache.batch_size < 1:
         raise UserError("cache.views and cache.batch_size must be at least 1")
+    if cfg.cache.layer not in LAYERS:
+        raise UserError(f"cache.layer must be one of {', '.join(LAYERS)}, not '{cfg.cache.layer}'")
     teacher = _load_teacher(cfg)
-    if teacher.head is None:
-        raise UserError("the teacher has no projection head (a backbone-only checkpoint), so it has no keys to cache")
+    if teacher.head is None and cfg.cache.layer == "embedding":
+        raise UserError("the teacher has no projection head (a backbone-only checkpoint), so it has no embeddings "
+                        "to cache; use --set cache.layer=features")
     prepare_run_folder(out, cfg, resume=False)
-    path = out / KEYS_FILE
-    keys = teacher_keys(teacher, data, cfg.data, cfg.augment, cfg.cache.views, cfg.cache.batch_size, cfg.trainer,
-                        path, cfg.trainer.progress_bar)
-    meta = {"format": KEYS_FORMAT, "dataset": data.identity, "augment": augment_identity(cfg.data, cfg.augment),
-            "teacher": file_digest(Path(cfg.teacher.checkpoint)), "shape": list(keys.shape), "seed": cfg.seed}
+    path = out / CACHE_FILE
+    params_path, meta_path = cache_files(path)
+    outputs, _ = teacher_views(teacher, cfg.cache.layer, data, cfg.data, cfg.augment, cfg.cache.views,
+                               cfg.cache.batch_size, cfg.trainer, path, params_path, cfg.trainer.progress_bar)
+    meta = {"format": CACHE_FORMAT, "layer": cfg.cache.layer, "dataset": data.identity,
+            "augment": augment_identity(cfg.data, cfg.augment), "teacher": file_digest(Path(cfg.teacher.checkpoint)),
+            "shape": list(outputs.shape), "seed": cfg.seed}
     if is_rank_zero():
-        atomic_write(sidecar(path), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
-    write_results(out, {"stage": "cache", **meta, "mib": round(path.stat().st_size / 2**20, 1),
-                        "wall_time_s": _since(started), "peak_memory": peak_memory_mib()})
-    log.info("teacher keys of %d views of %d images in %s (%.0f s)", keys.shape[1], len(data), path, _since(started))
+        atomic_write(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+    mib = (path.stat().st_size + params_path.stat().st_size) / 2**20
+    write_results(out, {"stage": "cache", **meta, "mib": round(mib, 1), "wall_time_s": _since(started),
+                        "peak_memory": peak_memory_mib()})
+    log.info("teacher %s of %d views of %d images in %s (%.0f MiB, %.0f s)", cfg.cache.layer, outputs.shape[1],
+             len(data), path, mib, _since(started))
     return path
 
 

@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader
 
 from bingo.config import AugmentConfig, DataConfig, TrainerConfig
-from bingo.data.augment import BatchAugment
+from bingo.data.augment import PARAMS, BatchAugment
 from bingo.data.datasets import ImageDataset
 from bingo.data.transforms import eval_transform, moco_v2_transform
 from bingo.data.views import ImageBatches, Views, as_batch
@@ -35,35 +35,40 @@ class _Embedder(L.LightningModule):
         super().__init__()
         self.encoder = encoder
 
-    def predict_step(self, batch: tuple, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, D) normalised features and the (B,) data set indices they belong to."""
+    def predict_step(self, batch: tuple, batch_idx: int) -> tuple[tuple[torch.Tensor], torch.Tensor]:
+        """((B, D) normalised features,) and the (B,) data set indices they belong to."""
         (images,), _, indices = batch
-        return F.normalize(self.encoder.features(images).float(), dim=1), indices
+        return (F.normalize(self.encoder.features(images).float(), dim=1),), indices
 
 
-class _KeyMaker(L.LightningModule):
-    """Inference only: the teacher's normalised embeddings of `views` augmented views of each image of a batch."""
+class _TeacherViews(L.LightningModule):
+    """Inference only: the teacher's outputs on `views` augmented views of each image, and those views' parameters."""
 
-    def __init__(self, teacher: Encoder, augment: BatchAugment, views: int):
+    def __init__(self, network: torch.nn.Module, augment: BatchAugment, views: int):
         super().__init__()
-        self.teacher, self.augment, self.views = teacher, augment, views
+        self.network, self.augment, self.views = network, augment, views
 
-    def predict_step(self, batch: tuple, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, V, D) keys and the (B,) data set indices they belong to."""
+    def predict_step(self, batch: tuple, batch_idx: int) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """((B, V, D) outputs, (B, V, P) view parameters) and the (B,) data set indices they belong to."""
         images, _, indices = batch
-        return torch.stack([self.teacher(self.augment(images)).float() for _ in range(self.views)], 1), indices
+        params = torch.stack([self.augment.draw(len(images), *images.shape[-2:], images.device)
+                              for _ in range(self.views)], 1)  # (B, V, P)
+        params = params.half().float()  # as stored: the student's replay sees exactly the teacher's view
+        views = self.augment.apply(images.repeat(self.views, 1, 1, 1), params.transpose(0, 1).flatten(0, 1))
+        outputs = self.network(views).float().unflatten(0, (self.views, len(images))).transpose(0, 1)
+        return (outputs, params), indices
 
 
 class _RowWriter(BasePredictionWriter):
-    """Writes each batch's rows into one array: in memory, or a `.npy` file all ranks share.
+    """Writes output `column` of each batch into its rows of one array: in memory, or a `.npy` file all ranks share.
 
     Rank 0 creates the file under a temporary name; every rank writes its own rows (DDP shards the
     images); rank 0 renames it into place once all ranks are done, so a reader never sees half a file.
     """
 
-    def __init__(self, shape: tuple[int, ...], dtype: str, path: Path | None):
+    def __init__(self, shape: tuple[int, ...], dtype: str, path: Path | None, column: int = 0):
         super().__init__("batch")
-        self.shape, self.dtype, self.path = shape, dtype, path
+        self.shape, self.dtype, self.path, self.column = shape, dtype, path, column
         self.rows: np.ndarray | None = None if path else np.empty(shape, dtype)
         self.tmp = None if path is None else path.with_name(f".{path.name}.partial")
 
@@ -78,9 +83,9 @@ class _RowWriter(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: tuple,
                            batch_indices: object, batch: object, batch_idx: int, dataloader_idx: int) -> None:
-        """Store one batch's features at its images' rows."""
-        features, indices = prediction
-        self.rows[indices.cpu().numpy()] = features.cpu().numpy().astype(self.dtype)
+        """Store one batch's rows at its images' indices."""
+        outputs, indices = prediction
+        self.rows[indices.cpu().numpy()] = outputs[self.column].cpu().numpy().astype(self.dtype)
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Flush; rank 0 moves the complete file into place."""
@@ -104,38 +109,46 @@ def extract_features(encoder: Encoder, dataset: ImageDataset, data: DataConfig, 
     loader = DataLoader(Views(dataset, eval_transform(data), 1), batch_size=batch_size, shuffle=False,
                         num_workers=data.num_workers)
     was_training = encoder.training
-    rows = predict_rows(_Embedder(encoder.eval()), loader, (len(dataset), encoder.feature_dim), dtype, run, path,
-                        progress)
+    (rows,) = predict_rows(_Embedder(encoder.eval()), loader, [((len(dataset), encoder.feature_dim), dtype, path)],
+                           run, progress)
     encoder.train(was_training)
     return rows
 
 
-def teacher_keys(teacher: Encoder, dataset: ImageDataset, data: DataConfig, augment: AugmentConfig, views: int,
-                 batch_size: int, run: TrainerConfig, path: Path, progress: bool = True) -> np.ndarray:
-    """(N, V, D) float16 normalised teacher embeddings of `views` augmented views of each image, into `path`.
+def teacher_views(teacher: Encoder, layer: str, dataset: ImageDataset, data: DataConfig, augment: AugmentConfig,
+                  views: int, batch_size: int, run: TrainerConfig, outputs: Path, params: Path,
+                  progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The teacher's outputs on `views` augmented views of each image, and the views' parameters, into two files.
 
-    The images are augmented in batches on the device, by the same `BatchAugment` training uses.
+    layer `embedding`: (N, V, D) normalised embeddings; `features`: (N, V, F) pooled backbone features;
+    both float16. Parameters: (N, V, P) float16 rows of `BatchAugment.draw`, from which `BatchAugment.apply`
+    rebuilds each view exactly. The images are augmented in batches on the device, as in training.
     """
+    network, dim = (teacher, teacher.embed_dim) if layer == "embedding" else (teacher.backbone, teacher.feature_dim)
     loader = DataLoader(ImageBatches(dataset), batch_size=batch_size, shuffle=False, collate_fn=as_batch)
-    maker = _KeyMaker(teacher.eval(), BatchAugment(data, augment), views)
-    return predict_rows(maker, loader, (len(dataset), views, teacher.embed_dim), "float16", run, path, progress)
+    module = _TeacherViews(network.eval(), BatchAugment(data, augment), views)
+    columns = [((len(dataset), views, dim), "float16", outputs), ((len(dataset), views, PARAMS), "float16", params)]
+    return tuple(predict_rows(module, loader, columns, run, progress))
 
 
-def predict_rows(module: L.LightningModule, loader: DataLoader, shape: tuple[int, ...], dtype: str,
-                 run: TrainerConfig | None, path: Path | None, progress: bool) -> np.ndarray:
-    """Run `module.predict_step` over `loader`; its (rows, indices) go into an array of `shape`.
+def predict_rows(module: L.LightningModule, loader: DataLoader, columns: list[tuple[tuple[int, ...], str, Path | None]],
+                 run: TrainerConfig | None, progress: bool) -> list[np.ndarray]:
+    """Run `module.predict_step` over `loader`; output i of its (outputs, indices) fills array i of `columns`.
 
-    With `path`, written to that `.npy` file by every process of a distributed job (`run` says which
-    devices) and returned memory-mapped; without, computed by this process and returned in memory.
+    Each column is (shape, dtype, path). With a path, the array is written to that `.npy` file by every
+    process of a distributed job (`run` says which devices) and returned memory-mapped; without, it is
+    computed by this process and returned in memory.
     """
     run = run or TrainerConfig(accelerator="auto", devices=1)
-    writer = _RowWriter(shape, dtype, path)
-    trainer = L.Trainer(accelerator=run.accelerator, devices=run.devices if path else 1,
-                        num_nodes=run.num_nodes if path else 1, strategy=run.strategy if path else "auto",
-                        precision=run.precision, logger=False, callbacks=[writer], enable_progress_bar=progress,
+    on_disk = all(path is not None for _, _, path in columns)
+    writers = [_RowWriter(shape, dtype, path, i) for i, (shape, dtype, path) in enumerate(columns)]
+    trainer = L.Trainer(accelerator=run.accelerator, devices=run.devices if on_disk else 1,
+                        num_nodes=run.num_nodes if on_disk else 1, strategy=run.strategy if on_disk else "auto",
+                        precision=run.precision, logger=False, callbacks=writers, enable_progress_bar=progress,
                         enable_model_summary=False, enable_checkpointing=False)
     trainer.predict(module, loader, return_predictions=False)
-    return writer.rows if path is None else np.load(path, mmap_mode="r")
+    return [writer.rows if path is None else np.load(path, mmap_mode="r")
+            for writer, (_, _, path) in zip(writers, columns, strict=True)]
 
 
 @torch.no_grad()

@@ -1,21 +1,40 @@
 """MoCo-v2's augmentation on whole batches of uint8 images, on the device the networks run on (kornia).
 
-Each image of a batch gets its own random draw of every parameter (crop box, jitter factors,
-grayscale, blur sigma, flip), with the same distributions as the per-image torchvision pipeline of
-`transforms.moco_v2_transform` (tests/test_augment.py compares them): crop area uniform in
-[crop_min_scale, 1] of the image and log aspect ratio uniform in [log 3/4, log 4/3] (MoCo-v2, He et
-al. 2020, arXiv 2003.04297; SimCLR, arXiv 2002.05709, Appendix A), colour jitter with probability
-jitter_prob, grayscale, Gaussian blur with sigma in [0.1, 2], horizontal flip with probability 1/2.
-One difference: the four jitter operations are applied in one random order per batch, not per image.
+Each image of a batch gets its own random draw of every parameter (crop box, whether and how much
+colour jitter and in which order, grayscale, blur sigma, flip), with the distributions of the
+per-image torchvision pipeline of `transforms.moco_v2_transform` (tests/test_augment.py compares
+them): crop area uniform in [crop_min_scale, 1] of the image and log aspect ratio uniform in
+[log 3/4, log 4/3] (MoCo-v2, arXiv 2003.04297; SimCLR, arXiv 2002.05709, Appendix A), jitter with
+probability jitter_prob in a random order per image, grayscale, Gaussian blur with sigma in
+[0.1, 2], horizontal flip with probability 1/2.
+
+Drawing and applying are separate (`draw`, `apply`): a view can be replayed exactly from its
+parameters, which is how a teacher-output cache gives the student the very view the teacher saw
+(FKD, Shen & Xing, arXiv 2112.01528).
 """
 
 from __future__ import annotations
 
-import kornia.augmentation as K
 import torch
+from kornia.augmentation.random_generator import ResizedCropGenerator
+from kornia.color import rgb_to_grayscale
+from kornia.enhance import (
+    adjust_brightness_accumulative,
+    adjust_contrast_with_mean_subtraction,
+    adjust_hue,
+    adjust_saturation_with_gray_subtraction,
+)
+from kornia.filters import gaussian_blur2d
+from kornia.geometry.transform import crop_and_resize
 from torch import nn
 
 from bingo.config import AugmentConfig, DataConfig
+
+# One view's parameters, a row of 17 numbers: the crop box, the jitter, grayscale, blur and flip.
+BOX, JITTER, FACTORS, ORDER, GRAY, BLUR, SIGMA, FLIP = slice(0, 4), 4, slice(5, 9), slice(9, 13), 13, 14, 15, 16
+PARAMS = 17
+JITTER_OPS = (adjust_brightness_accumulative, adjust_contrast_with_mean_subtraction,
+              adjust_saturation_with_gray_subtraction, lambda x, turns: adjust_hue(x, turns * 2 * torch.pi))
 
 
 def blur_kernel_size(image_size: int) -> int:
@@ -28,30 +47,75 @@ class BatchAugment(nn.Module):
 
     def __init__(self, data: DataConfig, aug: AugmentConfig):
         super().__init__()
+        self.size, self.aug = data.image_size, aug
         s, colour = aug.jitter_strength, data.channels == 3
-        ops: list[nn.Module] = [
-            K.RandomResizedCrop((data.image_size, data.image_size), scale=(aug.crop_min_scale, 1.0),
-                                cropping_mode="resample", align_corners=False),
-            K.ColorJitter(s, s, s if colour else 0.0, s / 4 if colour else 0.0, p=aug.jitter_prob)]
-        if colour:
-            ops.append(K.RandomGrayscale(p=aug.grayscale_prob))
-        if aug.blur_prob > 0:
-            kernel = blur_kernel_size(data.image_size)
-            ops.append(K.RandomGaussianBlur((kernel, kernel), (0.1, 2.0), p=aug.blur_prob))
-        if aug.flip:
-            ops.append(K.RandomHorizontalFlip())
-        self.ops = nn.Sequential(*ops)
+        self.jitter_ranges = [(max(0.0, 1 - s), 1 + s), (max(0.0, 1 - s), 1 + s)] + \
+            ([(max(0.0, 1 - s), 1 + s), (-s / 4, s / 4)] if colour else [(1.0, 1.0), (0.0, 0.0)])
+        self.colour = colour
+        self.crop_sampler = ResizedCropGenerator((self.size, self.size), (aug.crop_min_scale, 1.0), (3 / 4, 4 / 3))
+        self.blur_kernel = blur_kernel_size(self.size)
         self.register_buffer("mean", torch.tensor(data.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(data.std).view(1, -1, 1, 1), persistent=False)
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Augment each image with its own random parameters, then normalise: (B, C, H, W) uint8 -> float."""
-        views = self.ops(images.float().div_(255)).clamp_(0, 1)  # (B, C, S, S) in [0, 1]
+    def draw(self, count: int, height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
+        """Random parameters of `count` views of (height, width) images: (count, PARAMS), float32."""
+        aug, device = self.aug, device or self.mean.device
+        params = torch.zeros(count, PARAMS, device=device)
+        self.crop_sampler.set_rng_device_and_dtype(device, torch.float32)
+        corners = self.crop_sampler(torch.Size([count, 1, height, width]))["src"]  # (count, 4, 2) x, y
+        params[:, BOX] = torch.cat([corners[:, 0], corners[:, 2]], 1)  # x0, y0, x1, y1
+        params[:, JITTER] = torch.rand(count, device=device) < aug.jitter_prob
+        for i, (low, high) in enumerate(self.jitter_ranges):
+            params[:, FACTORS.start + i] = torch.empty(count, device=device).uniform_(low, high)
+        params[:, ORDER] = torch.rand(count, 4, device=device).argsort(1).float()
+        params[:, GRAY] = (torch.rand(count, device=device) < aug.grayscale_prob) & self.colour
+        params[:, BLUR] = torch.rand(count, device=device) < aug.blur_prob
+        params[:, SIGMA] = torch.empty(count, device=device).uniform_(0.1, 2.0)
+        params[:, FLIP] = (torch.rand(count, device=device) < 0.5) & aug.flip
+        return params
+
+    @torch.no_grad()
+    def apply(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """The views `params` (B, PARAMS) describe, of uint8 `images` (B, C, H, W): normalised (B, C, S, S)."""
+        x0, y0, x1, y1 = params[:, BOX].unbind(1)
+        boxes = torch.stack([torch.stack([x0, y0], 1), torch.stack([x1, y0], 1), torch.stack([x1, y1], 1),
+                             torch.stack([x0, y1], 1)], 1)  # (B, 4, 2) corners, clockwise from top-left
+        views = crop_and_resize(images.float().div_(255), boxes, (self.size, self.size), align_corners=False)
+        views = self._jitter(views.clamp_(0, 1), params)
+        gray = params[:, GRAY].bool()
+        if gray.any():
+            views[gray] = rgb_to_grayscale(views[gray]).expand(-1, 3, -1, -1)
+        blur = params[:, BLUR].bool()
+        if blur.any():
+            sigma = params[blur, SIGMA].unsqueeze(1).expand(-1, 2)  # (b, 2): the same sigma along both axes
+            views[blur] = gaussian_blur2d(views[blur], self.blur_kernel, sigma)
+        views = torch.where(params[:, FLIP].bool().view(-1, 1, 1, 1), views.flip(-1), views)
         return (views - self.mean) / self.std
 
-    def views(self, *images: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format,
-              ) -> list[torch.Tensor]:
-        """One augmented view of each batch in `images`, drawn in one call: [(B, C, S, S), ...]."""
-        out = self(torch.cat(images)).contiguous(memory_format=memory_format)
-        return list(out.split([len(batch) for batch in images]))
+    def _jitter(self, views: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """Brightness, contrast, saturation and hue, each image's factors in its own order, where drawn."""
+        jittered = params[:, JITTER].bool()
+        order = params[:, ORDER].long()
+        for step in range(4):
+            for op, function in enumerate(JITTER_OPS):
+                low, high = self.jitter_ranges[op]
+                chosen = jittered & (order[:, step] == op)
+                if low == high or not chosen.any():
+                    continue  # an operation without range (saturation and hue of grayscale images) changes nothing
+                views[chosen] = function(views[chosen], params[chosen, FACTORS.start + op]).clamp_(0, 1)
+        return views
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Augment each image with its own random parameters, then normalise: (B, C, H, W) uint8 -> float."""
+        return self.apply(images, self.draw(len(images), *images.shape[-2:], images.device))
+
+    def views(self, *images: torch.Tensor, params: torch.Tensor | None = None,
+              memory_format: torch.memory_format = torch.contiguous_format) -> list[torch.Tensor]:
+        """One view of each batch in `images`, made in one call: [(B, C, S, S), ...].
+
+        Drawn at random, or rebuilt from `params` (one row per image of the batches, in their order).
+        """
+        batch = torch.cat(images)
+        out = self(batch) if params is None else self.apply(batch, params)
+        return list(out.contiguous(memory_format=memory_format).split([len(part) for part in images]))

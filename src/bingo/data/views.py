@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 
 from bingo.bags.files import Bags
 from bingo.data.datasets import ImageDataset
-from bingo.data.keys import TeacherKeys
+from bingo.data.keys import TeacherOutputs
 
 
 class Views(Dataset):
@@ -65,16 +65,18 @@ class Labeled(Dataset):
 class ImageBatches(Dataset):
     """Whole batches of uint8 images for augmentation on the device (`BatchAugment`), fetched in one indexing.
 
-    A batch is (images (B, C, H, W) uint8, labels, indices); with `bags`, (anchors, positives, labels,
-    anchor indices, positive indices), each positive drawn uniformly from its anchor's bag; with
-    `keys` as well (a `TeacherKeys` cache), the teacher's keys of one cached view of each anchor and
-    of each positive follow: (..., anchor keys (B, D), positive keys (B, D)).
+    A batch is (images (B, C, H, W) uint8, labels, indices); with a teacher cache, `views` distinct
+    cached views of each image follow: (..., teacher outputs (B, views, D), view parameters (B, views, P)).
+    With `bags`: (anchors, positives, labels, anchor indices, positive indices), each positive drawn
+    uniformly from its anchor's bag; with a cache as well, the teacher's output on one cached view of
+    each anchor and of each positive follow: (..., anchor keys (B, D), positive keys (B, D)).
     """
 
-    def __init__(self, base: ImageDataset, bags: Bags | None = None, keys: TeacherKeys | None = None):
+    def __init__(self, base: ImageDataset, bags: Bags | None = None, cache: TeacherOutputs | None = None,
+                 views: int = 1):
         if bags is not None and len(bags) != len(base):
             raise ValueError(f"{len(bags)} bags for {len(base)} images")
-        self.base, self.bags, self.keys = base, bags, keys
+        self.base, self.bags, self.cache, self.views = base, bags, cache, views
 
     def __len__(self) -> int:
         return len(self.base)
@@ -87,13 +89,13 @@ class ImageBatches(Dataset):
         anchors = np.asarray(indices)
         batch = (self.base.batch(anchors), torch.from_numpy(self.base.labels[anchors]), torch.from_numpy(anchors))
         if self.bags is None:
-            return batch
+            return batch if self.cache is None else (*batch, *self.cache.sample_views(anchors, self.views))
         positives = np.array([self.bags.positive(i) for i in anchors])
         images, labels, indices_t = batch
         batch = (images, self.base.batch(positives), labels, indices_t, torch.from_numpy(positives))
-        if self.keys is None:
+        if self.cache is None:
             return batch
-        return (*batch, self.keys.sample(anchors), self.keys.sample(positives))
+        return (*batch, self.cache.sample(anchors), self.cache.sample(positives))
 
 
 def as_batch(batch: tuple) -> tuple:

@@ -29,6 +29,12 @@ class Method(L.LightningModule):
 
     uses_teacher_embeddings = False
     views = 1  # augmented views of each image per step
+    cache_layer = "embedding"  # what a teacher cache must hold for this method: embedding | features
+
+    @property
+    def cached_views(self) -> int:
+        """Distinct cached views of each image a step takes from a teacher cache."""
+        return self.views
 
     def __init__(self, student: Encoder, optim: OptimConfig, teacher: Encoder | None = None,
                  teacher_bn: str = "eval", shuffle_bn_splits: int = 1, run_info: dict | None = None):
@@ -77,17 +83,34 @@ class Method(L.LightningModule):
         return ([view.contiguous(memory_format=self.memory_format) for view in views], *rest)
 
     def make_views(self, batch: tuple) -> tuple:
-        """(images (B, C, H, W) uint8, labels, indices) -> ([`views` augmented views], labels, indices)."""
-        images, *rest = batch
-        return (self.augment.views(*[images] * self.views, memory_format=self.memory_format), *rest)
+        """(images (B, C, H, W) uint8, labels, indices) -> ([`views` augmented views], labels, indices).
 
-    def teacher_keys(self, *views: torch.Tensor) -> list[torch.Tensor]:
-        """The teacher's normalised embeddings of each view (B, C, H, W) -> (B, D), without gradient."""
-        return self._run_teacher(self.teacher, views)
+        A batch from a teacher cache, (..., outputs (B, V, D), view parameters (B, V, P)), gives the
+        cached views rebuilt exactly, then their outputs: ([V views], labels, indices, outputs).
+        """
+        if len(batch) == 3:
+            images, *rest = batch
+            return (self.augment.views(*[images] * self.views, memory_format=self.memory_format), *rest)
+        images, labels, indices, outputs, params = batch
+        count = params.shape[1]
+        views = self.augment.views(*[images] * count, params=params.transpose(0, 1).flatten(0, 1),
+                                   memory_format=self.memory_format)  # count x (B, C, S, S)
+        return views, labels, indices, outputs
 
-    def teacher_features(self, *views: torch.Tensor) -> list[torch.Tensor]:
-        """The teacher's pooled backbone features of each view (B, C, H, W) -> (B, F), without gradient."""
-        return self._run_teacher(self.teacher.backbone, views)
+    def drop_teacher(self) -> None:
+        """Forget the teacher's weights: its outputs come with each batch, from a teacher cache."""
+        self.teacher = None
+
+    def teacher_keys(self, *views: torch.Tensor, cached: list[torch.Tensor] = ()) -> list[torch.Tensor]:
+        """The teacher's normalised embeddings of each view (B, C, H, W) -> (B, D), without gradient.
+
+        `cached`: [(B, views, D)] outputs from a teacher cache, returned instead of running the teacher.
+        """
+        return list(cached[0].unbind(1)) if cached else self._run_teacher(self.teacher, views)
+
+    def teacher_features(self, *views: torch.Tensor, cached: list[torch.Tensor] = ()) -> list[torch.Tensor]:
+        """The teacher's pooled backbone features of each view (B, C, H, W) -> (B, F), without gradient (or cached)."""
+        return list(cached[0].unbind(1)) if cached else self._run_teacher(self.teacher.backbone, views)
 
     def _run_teacher(self, network: nn.Module, views: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
         with torch.inference_mode():

@@ -40,6 +40,11 @@ class Bingo(Method):
         self.queue = KeyQueue(bingo.queue_size, dim)
 
     @property
+    def cached_views(self) -> int:
+        """One cached key view of each anchor (and of each positive), drawn anew every step."""
+        return 1
+
+    @property
     def query_views(self) -> int:
         """Student queries per anchor: the anchor's, and the positive's when the symmetric or CutMix term needs it."""
         return 2 if self.bingo.symmetric or self.bingo.cutmix else 1

@@ -34,9 +34,9 @@ class Seed(Method):
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
         """One SEED step: student and teacher see the same view."""
-        (images,), _, _ = batch
+        (images,), _, _, *cached = batch
         student = self.student(images)  # s: (B, D)
-        (teacher,) = self.teacher_keys(images)  # t: (B, D)
+        (teacher,) = self.teacher_keys(images, cached=cached)  # t: (B, D)
         loss = seed_loss(student, teacher, self.queue.snapshot(), self.seed_cfg.student_temperature,
                          self.seed_cfg.teacher_temperature).mean()
         self.queue.push(teacher)
@@ -52,6 +52,7 @@ class Compress(Method):
     """
 
     views = 1
+    cache_layer = "features"
 
     def __init__(self, student: Encoder, teacher: Encoder, optim: OptimConfig, compress: CompressConfig,
                  banks: int, teacher_bn: str = "eval", shuffle_bn_splits: int = 1, run_info: dict | None = None):
@@ -66,9 +67,9 @@ class Compress(Method):
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
         """One CompRess step: each network against its bank, before this batch is added."""
-        (images,), _, _ = batch
+        (images,), _, _, *cached = batch
         student = self.student(images)  # (B, Ds)
-        teacher = F.normalize(self.teacher_features(images)[0], dim=1)  # (B, Dt)
+        teacher = F.normalize(self.teacher_features(images, cached=cached)[0], dim=1)  # (B, Dt)
         teacher_bank = self.teacher_bank.snapshot()
         if self.momentum_student is None:
             student_bank = teacher_bank
@@ -100,10 +101,10 @@ class DisCo(MoCo):
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
         """One DisCo step on two views."""
-        (first, second), _, _ = batch
+        (first, second), _, _, *cached = batch
         terms, first_student = self.moco_terms(first, second)
         second_student = self.student(second)
-        first_teacher, second_teacher = self.teacher_keys(first, second)
+        first_teacher, second_teacher = self.teacher_keys(first, second, cached=cached)
         terms["distill"] = self.disco.weight * (squared_error(first_student, first_teacher)
                                                 + squared_error(second_student, second_teacher))
         terms["loss"] = terms["moco"] + terms["distill"]
@@ -119,6 +120,7 @@ class SimReg(Method):
     """
 
     views = 1
+    cache_layer = "features"
 
     def __init__(self, student: Encoder, teacher: Encoder, optim: OptimConfig, simreg: SimRegConfig,
                  teacher_bn: str = "eval", shuffle_bn_splits: int = 1, run_info: dict | None = None):
@@ -129,9 +131,9 @@ class SimReg(Method):
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
         """One SimReg step: student and teacher see the same view."""
-        (images,), _, _ = batch
+        (images,), _, _, *cached = batch
         prediction = self.predictor(self.student.features(images))  # (B, Dt)
-        (target,) = self.teacher_features(images)  # (B, Dt)
+        (target,) = self.teacher_features(images, cached=cached)  # (B, Dt)
         per_image = cosine_regression(prediction, target)
         loss = per_image.mean()
         self.log_terms({"loss": loss, "alignment": 1 - per_image.detach().mean() / 2}, len(images))
