@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Accuracy of BINGO (and its anchor query alone) on the teacher cache against the on-line teacher, at equal
-# epochs, 3 seeds, for V = 1, 4 and 16 cached views; and against MoCo-v2 at equal wall time.
+# epochs, 3 seeds, for V = 1, 4 and 16 cached views; against MoCo-v2 at equal wall time; and BINGO and MoCo-v2
+# under bf16 autocast.
 #   benchmarks/cache_accuracy.sh runs/demo            # the demo's teacher and bags (after `make demo`)
 # Writes OUT (default runs/cache-accuracy)/results.md: kNN and linear, mean and spread over seeds, wall times.
 set -euo pipefail
@@ -29,6 +30,8 @@ compare:
                                                 distill.bingo.cutmix=false, distill.bingo.symmetric=false,
                                                 distill.optim.epochs=3]}
     moco: {}
+    bingo-bf16: {method: bingo, set: [trainer.precision=bf16-mixed]}
+    moco-bf16: {method: moco, set: [trainer.precision=bf16-mixed]}
 YAML
 "$BINGO" compare --config "$OUT/study.yaml" --seeds 0 1 2 --teacher "$TEACHER" --bags "$BAGS" \
   --out "$OUT/compare" --resume "${quiet[@]}"

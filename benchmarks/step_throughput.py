@@ -183,7 +183,7 @@ def prepare(folder: Path, overrides: list[str], cache_views: int) -> tuple[Path,
     if cache_views and bingo(["cache", "--teacher", str(teacher), "--views", str(cache_views), "--out",
                               str(folder / "cache"), *sets(overrides)]):
         sys.exit("bingo cache failed")
-    return teacher, folder / "bags" / "bags.npz", folder / "cache" / "keys.npy" if cache_views else None
+    return teacher, folder / "bags" / "bags.npz", folder / "cache" / "outputs.npy" if cache_views else None
 
 
 def main() -> None:
