@@ -10,7 +10,7 @@ Usage:
     python benchmarks/step_throughput.py                         # every method, demo networks (28 px)
     python benchmarks/step_throughput.py --methods bingo moco --repeats 5
     python benchmarks/step_throughput.py --large --steps 6       # ResNet-18 <- ResNet-50 at 224 px
-    python benchmarks/step_throughput.py --set distill.teacher_cache=keys.npy ...  # extra --set for the real run
+    python benchmarks/step_throughput.py --set trainer.precision=bf16-mixed   # both runs under bf16 autocast
 Writes the table to stdout and, with --json FILE, the raw numbers.
 """
 
@@ -81,7 +81,10 @@ def logged_rate(method: str, folder: Path, overrides: list[str], teacher: Path, 
 
 
 def bare_rate(method: str, overrides: list[str], steps: int, channels_last: bool) -> float:
-    """Images/s of the method's network passes alone on random tensors, with an SGD step."""
+    """Images/s of the method's network passes alone on random tensors, with an SGD step.
+
+    Under bf16 autocast when the overrides ask for trainer.precision=bf16-mixed, as the real run is.
+    """
     cfg = load_config("demo", None, method_overrides(method, overrides), stage="distill")
     student_passes, teacher_passes, momentum_passes = PASSES[method]
     student, teacher = Encoder(cfg.student, cfg.data.channels), Encoder(cfg.teacher, cfg.data.channels).eval()
@@ -95,16 +98,19 @@ def bare_rate(method: str, overrides: list[str], steps: int, channels_last: bool
     images = torch.randn(batch, cfg.data.channels, size, size).contiguous(memory_format=fmt)
     teacher_net = teacher.backbone if method in ("compress-1q", "compress-2q", "simreg") else teacher
 
+    bf16 = cfg.trainer.precision == "bf16-mixed"
+
     def step() -> None:
-        loss = sum(student(images).sum() for _ in range(student_passes))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = sum(student(images).sum() for _ in range(student_passes))
+            with torch.inference_mode():
+                if teacher_passes:
+                    teacher_net(torch.cat([images] * teacher_passes).contiguous(memory_format=fmt))
+                for _ in range(momentum_passes):
+                    key(images)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        with torch.inference_mode():
-            if teacher_passes:
-                teacher_net(torch.cat([images] * teacher_passes).contiguous(memory_format=fmt))
-            for _ in range(momentum_passes):
-                key(images)
 
     step()  # warm-up
     started = time.perf_counter()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 
 import pytest
 import yaml
 
+from bingo.cli import SET_EXAMPLES, STAGES, build_parser
 from bingo.config import Config, from_dict, load_config, preset_names, save_config, to_dict
 from bingo.errors import UserError
 
@@ -54,7 +56,7 @@ def test_stage_relative_and_absolute_keys():
     assert cfg.bags.k == 9
     cfg = load_config(None, None, ["distill.optim.lr=0.7", "seed=3"], stage="pretrain")  # absolute everywhere
     assert cfg.distill.optim.lr == 0.7 and cfg.pretrain.optim.lr == 0.03 and cfg.seed == 3
-    with pytest.raises(UserError, match="unknown config key 'optim.lr'"):
+    with pytest.raises(UserError, match="unknown config key 'optim.lr' .here give the full path: pretrain.optim.lr"):
         load_config(None, None, ["optim.lr=0.1"])  # no stage: ambiguous, refused
 
 
@@ -114,3 +116,19 @@ def test_saved_config_round_trips(tmp_path):
     assert dataclasses.is_dataclass(again.distill.bingo) and again.distill.optim.lr == 0.25
     # The saved file is also a valid --config file that reproduces the run.
     assert load_config(None, str(path)) == cfg
+
+
+@pytest.mark.parametrize("command", STAGES)
+def test_every_subcommand_help_example_works_there(command):
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    help_text = subparsers.choices[command].format_help()
+    example = SET_EXAMPLES[command]
+    assert f"--set {example}" in " ".join(help_text.split())
+    preset = "repro" if command == "repro" else "demo"
+    load_config(preset, None, [example], stage=command)  # accepted: no UserError
+
+
+def test_a_stage_relative_key_of_another_stage_is_refused_with_a_hint():
+    with pytest.raises(UserError, match="unknown config key 'optim.lr' .here give the full path: pretrain.optim.lr"):
+        load_config("demo", None, ["optim.lr=0.06"], stage="demo")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -13,6 +14,11 @@ from bingo.config import PROTOCOLS, Config, load_config, preset_names
 from bingo.errors import UserError
 
 STAGES = ("pretrain", "embed", "cache", "bags", "distill", "eval", "compare", "repro", "demo")
+# One rule for --set keys: a full dotted path, or a path inside the subcommand's own section
+# (distill: optim.lr = distill.optim.lr). Each subcommand's help shows an example that works there.
+SET_EXAMPLES = {"pretrain": "optim.lr=0.06", "embed": "dtype=float16", "cache": "views=4", "bags": "k=10",
+                "distill": "optim.lr=0.06", "eval": "linear.epochs=50", "compare": "distill.optim.epochs=5",
+                "repro": "distill.optim.epochs=5", "demo": "distill.optim.epochs=5"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,8 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--preset", default=default,
                          help=f"named preset: {', '.join(preset_names())} (default {default})")
         sub.add_argument("--config", help="YAML file with config sections, applied over the preset")
+        own = f"; keys inside the {name} section may drop its prefix" if f"{name}." in _section_prefixes() else ""
         sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                         help="override a config value, e.g. --set optim.lr=0.06 (repeatable)")
+                         help=f"override a config value by its dotted path{own}, e.g. --set {SET_EXAMPLES[name]} "
+                              "(repeatable)")
         sub.add_argument("--out", required=True, type=Path, help="run folder (config, logs, checkpoints, results)")
         if name not in ("compare", "repro"):  # these take --seeds, one run per seed
             sub.add_argument("--seed", type=int, help="random seed (makes a CPU run repeatable)")
@@ -100,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--latency-repeats", type=int, default=50, help="timed runs at batch 1 (median reported)")
     export.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
     return parser
+
+
+def _section_prefixes() -> set[str]:
+    """'pretrain.', 'distill.', ...: the config sections a subcommand's keys may be relative to."""
+    return {f"{field.name}." for field in dataclasses.fields(Config)}
 
 
 def run_labels(folders: list[Path]) -> dict[str, Path]:

@@ -427,7 +427,9 @@ def _apply_override(tree: dict, item: str, stage: str | None) -> None:
                 node = node[part]
             node[leaf] = _coerce(yaml.safe_load(text), dotted, "--set")
             return
-    raise UserError(f"--set: unknown config key '{key}'{_suggest(candidates[0])}")
+    full = [dotted for dotted in types if dotted.endswith(f".{key}")]
+    hint = f" (here give the full path: {' or '.join(full[:3])})" if full else _suggest(candidates[0])
+    raise UserError(f"--set: unknown config key '{key}'{hint}")
 
 
 def _coerce(value: Any, path: str, origin: str) -> Any:
