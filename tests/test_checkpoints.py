@@ -162,3 +162,29 @@ def test_head_bn_option_round_trips_through_an_encoder_file(tmp_path):
     save_encoder(encoder, model, data, tmp_path / "e.safetensors")
     loaded = load_encoder(tmp_path / "e.safetensors", ModelConfig(), data)
     assert isinstance(loaded.head[1], torch.nn.BatchNorm1d)
+
+
+@pytest.mark.parametrize("name, content", [
+    ("text.pth", b"hello, I am a text file\n"),
+    ("empty.pth", b""),
+    ("empty.pth.tar", b""),
+    ("notes.ckpt", b'{"a json": "file"}'),
+    ("half.pth", None),  # the first half of a real checkpoint
+    ("other.pth", "zip"),  # another program's zip archive
+])
+def test_files_that_are_no_checkpoint_are_refused_in_one_line(tmp_path, name, content):
+    path = tmp_path / name
+    if content is None:
+        torch.save(tiny_encoder().state_dict(), tmp_path / "whole.pth")
+        whole = (tmp_path / "whole.pth").read_bytes()
+        content = whole[: len(whole) // 2]
+    elif content == "zip":
+        import zipfile
+
+        with zipfile.ZipFile(tmp_path / "archive.zip", "w") as archive:
+            archive.writestr("readme.txt", "not a checkpoint")
+        content = (tmp_path / "archive.zip").read_bytes()
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=f"{name}.*not a PyTorch checkpoint") as refusal:
+        load_encoder(path, tiny_model_config(), tiny_config().data)
+    assert "\n" not in str(refusal.value)

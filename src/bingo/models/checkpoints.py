@@ -121,11 +121,16 @@ def _torch_load(path: Path) -> Any:
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):  # DINO and timm keep their arguments
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise UserError(f"{path} needs arbitrary code to unpickle and was refused; "
-                        "convert it to a plain state dict or safetensors") from None
-    except (RuntimeError, EOFError) as err:
-        raise UserError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
+    except pickle.UnpicklingError as err:
+        if "Unsupported operand" not in str(err):  # a pickle that names code to run
+            raise UserError(f"{path} needs arbitrary code to unpickle and was refused; "
+                            "convert it to a plain state dict or safetensors") from None
+        raise UserError(f"cannot read checkpoint {path} (its bytes are no pickle): it is not a PyTorch checkpoint; "
+                        "pass a .pth/.pth.tar/.ckpt saved by torch.save or a .safetensors file") from None
+    except Exception as err:  # noqa: BLE001 - a text file or another program's bytes fail anywhere in the unpickler
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0]}" if str(err) else type(err).__name__
+        raise UserError(f"cannot read checkpoint {path} ({reason}): it is not a PyTorch checkpoint; pass a "
+                        ".pth/.pth.tar/.ckpt saved by torch.save or a .safetensors file") from None
 
 
 def _load_strict(encoder: Encoder, state: dict[str, torch.Tensor], refusal: str) -> None:
