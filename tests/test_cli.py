@@ -318,3 +318,52 @@ def test_a_resumed_run_keeps_its_earlier_metrics(tmp_path, bingo_logger_guard):
     assert main([*args, "--set", "distill.optim.epochs=2", "--resume"]) == 0  # already finished: nothing to add
     steps = {row["step"] for row in csv.DictReader(open(run / "logs" / "metrics.csv")) if row["train/loss_step"]}
     assert steps == {"0", "1", "2", "3"} and not (run / "logs" / "earlier-metrics.csv").exists()
+
+
+def test_a_non_finite_loss_stops_the_run_in_one_line_and_keeps_the_checkpoint(tmp_path, monkeypatch, capsys,
+                                                                                bingo_logger_guard):
+    import bingo.methods.moco as moco_module
+
+    real, calls = moco_module.info_nce, []
+    steps_per_epoch = TRAIN_SIZE // BATCH
+
+    def info_nce(*args, **kwargs):  # the loss turns NaN in the second epoch's second step
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if len(calls) == steps_per_epoch + 2 else loss
+
+    monkeypatch.setattr(moco_module, "info_nce", info_nce)
+    out = tmp_path / "moco"
+    code = main(["distill", "--method", "moco", "--out", str(out),
+                 *tiny_sets("distill.optim.epochs=3", f"trainer.log_every_n_steps={steps_per_epoch}")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert f"at step {steps_per_epoch + 2} (term loss" in err[0] and "learning rate" in err[0]
+    assert "last good checkpoint" in err[0] and str(out / "checkpoints" / "last.ckpt") in err[0]
+    state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["epoch"] == 0 and state["global_step"] == steps_per_epoch  # the first epoch's, not replaced
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+
+
+def test_a_crashed_run_resumes_from_its_last_epoch(tmp_path, monkeypatch, capsys, bingo_logger_guard):
+    import bingo.methods.moco as moco_module
+
+    real, calls = moco_module.info_nce, []
+    steps_per_epoch = TRAIN_SIZE // BATCH
+
+    def crash_in_the_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == steps_per_epoch + 2:
+            raise RuntimeError("crash")  # as a killed run: no clean end of training
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(moco_module, "info_nce", crash_in_the_second_epoch)
+    out, sets = tmp_path / "moco", tiny_sets("distill.optim.epochs=3")
+    with pytest.raises(RuntimeError, match="crash"):
+        main(["distill", "--method", "moco", "--out", str(out), *sets])
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == steps_per_epoch
+    calls.clear()
+    monkeypatch.setattr(moco_module, "info_nce", real)
+    assert main(["distill", "--method", "moco", "--out", str(out), "--resume", *sets]) == 0
+    results = read_json(out / "results.json")
+    assert results["steps"] == 3 * steps_per_epoch and results["epochs"] == 3

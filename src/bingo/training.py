@@ -13,7 +13,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, Checkpoint
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset
 
@@ -105,6 +105,68 @@ class Throughput(Callback):
         self.last = now
 
 
+class FiniteLoss(Callback):
+    """Stops a run whose loss terms turn NaN or infinite, in one line: the step, the terms, the learning rate.
+
+    Each step's terms are checked on the device without waiting for it; the first bad step is read
+    back every `every` steps and at each epoch end, before that epoch's checkpoint is written, so the
+    last good checkpoint is never replaced by a broken one.
+    """
+
+    def __init__(self, every: int, checkpoint: Path):
+        self.every, self.checkpoint = max(1, every), checkpoint
+        self.bad: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (step, term is bad, lr)
+        self.names: list[str] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: object, batch: tuple,
+                           batch_idx: int) -> None:
+        """Record the first step with a non-finite term; read it back every `every` steps."""
+        terms = getattr(pl_module, "last_terms", None)
+        if terms:
+            self.names = list(terms)
+            bad_terms = ~torch.stack([value.detach().float().isfinite().all() for value in terms.values()])
+            step = torch.tensor(trainer.global_step, device=bad_terms.device)
+            lr = torch.tensor(float(trainer.optimizers[0].param_groups[0]["lr"]), device=bad_terms.device)
+            if self.bad is None:
+                self.bad = (torch.full_like(step, -1), torch.zeros_like(bad_terms), torch.zeros_like(lr))
+            first = (self.bad[0] < 0) & bad_terms.any()
+            self.bad = (torch.where(first, step, self.bad[0]), torch.where(first, bad_terms, self.bad[1]),
+                        torch.where(first, lr, self.bad[2]))
+        if (batch_idx + 1) % self.every == 0:
+            self.check()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Check before the epoch's checkpoint is written (Lightning runs checkpoint callbacks last)."""
+        self.check()
+
+    def check(self) -> None:
+        """Refuse to go on after a non-finite loss term."""
+        if self.bad is None or int(self.bad[0]) < 0:
+            return
+        step, bad_terms, lr = self.bad
+        names = ", ".join(name for name, bad in zip(self.names, bad_terms.tolist(), strict=True) if bad)
+        kept = f"the last good checkpoint, {self.checkpoint}, is kept" if self.checkpoint.exists() else \
+            "no checkpoint was written yet"
+        raise UserError(f"training stopped: the loss became NaN or infinite at step {int(step)} (term {names}, "
+                        f"learning rate {float(lr):.3g}); {kept}; lower optim.lr (or resume with --resume after "
+                        "changing it)")
+
+
+class EpochCheckpoint(Checkpoint):
+    """checkpoints/last.ckpt at every epoch end, written atomically: the previous one stays whole until then.
+
+    (Lightning's ModelCheckpoint with save_top_k=0 writes last.ckpt only when training ends.) Lightning
+    runs checkpoint callbacks after the others, so `FiniteLoss` refuses a broken epoch first.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Save the whole training state: model, queues, optimizer, schedule, epoch, run identity."""
+        trainer.save_checkpoint(self.path)
+
+
 def make_trainer(cfg: Config, epochs: int, out: Path, callbacks: list | None = None,
                  checkpoints: bool = True) -> L.Trainer:
     """A Trainer with the configured devices, precision and loggers (into `out`), checkpointing every epoch."""
@@ -112,7 +174,7 @@ def make_trainer(cfg: Config, epochs: int, out: Path, callbacks: list | None = N
     loggers = [_logger(name, out) for name in run.loggers]
     callbacks = list(callbacks or [])
     if checkpoints:
-        callbacks.append(ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0))
+        callbacks.append(EpochCheckpoint(out / LAST_CHECKPOINT))
     return L.Trainer(max_epochs=epochs, accelerator=run.accelerator, devices=run.devices,
                      num_nodes=run.num_nodes, strategy=run.strategy, precision=run.precision, logger=loggers,
                      callbacks=callbacks, plugins=[AtomicCheckpointIO()], default_root_dir=out,
@@ -142,7 +204,8 @@ def fit(module: L.LightningModule, dataset: Dataset, cfg: Config, optim: OptimCo
 
     Logs throughput, and the online kNN monitor when cfg.monitor.every_n_epochs is set.
     """
-    callbacks: list[Callback] = [Throughput(cfg.trainer.log_every_n_steps)]
+    callbacks: list[Callback] = [Throughput(cfg.trainer.log_every_n_steps),
+                                 FiniteLoss(cfg.trainer.log_every_n_steps, out / LAST_CHECKPOINT)]
     if cfg.monitor.every_n_epochs > 0:
         callbacks.append(KnnMonitor(cfg))
     trainer = make_trainer(cfg, optim.epochs, out, callbacks)

@@ -136,7 +136,8 @@ class Method(L.LightningModule):
         return self._trainer is not None and self._trainer._logger_connector.should_update_logs
 
     def log_terms(self, terms: dict[str, torch.Tensor], batch_size: int) -> None:
-        """Log each loss term and metric under train/, the loss on the progress bar."""
+        """Log each loss term and metric under train/, the loss on the progress bar; keep them for checks."""
+        self.last_terms = terms
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, on_step=True, on_epoch=True,
                       batch_size=batch_size)
         self.log("loss", terms["loss"].detach(), prog_bar=True, logger=False, batch_size=batch_size)
