@@ -38,6 +38,7 @@ TINY = [
     "student.arch=resnet18", "student.width=8", "student.stem=cifar", "student.head_hidden=32",
     f"student.embed_dim={EMBED}",
     "trainer.accelerator=cpu", "trainer.devices=1", "trainer.progress_bar=false", "trainer.loggers=[]",
+    "trainer.precision=32-true",
     "trainer.log_every_n_steps=1",
     "pretrain.optim.epochs=1", f"pretrain.optim.batch_size={BATCH}", "pretrain.moco.queue_size=64",
     "distill.optim.epochs=1", f"distill.optim.batch_size={BATCH}", f"distill.bingo.queue_size={QUEUE}",

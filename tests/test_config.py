@@ -132,3 +132,14 @@ def test_every_subcommand_help_example_works_there(command):
 def test_a_stage_relative_key_of_another_stage_is_refused_with_a_hint():
     with pytest.raises(UserError, match="unknown config key 'optim.lr' .here give the full path: pretrain.optim.lr"):
         load_config("demo", None, ["optim.lr=0.06"], stage="demo")
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16-mixed"), (False, "32-true")])
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch, native, expected):
+    from bingo import training
+    from bingo.config import TrainerConfig
+
+    monkeypatch.setattr(training.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: native)
+    assert training.lightning_precision(TrainerConfig(precision="auto", accelerator="cpu")) == expected
+    assert training.lightning_precision(TrainerConfig(precision="16-mixed")) == "16-mixed"  # explicit: kept

@@ -226,3 +226,10 @@ def test_cache_refuses_bad_settings(chain, tmp_path, capsys, bingo_logger_guard)
     code = main(["cache", *tiny_sets(), "--teacher", str(chain.teacher), "--views", "0", "--out",
                  str(tmp_path / "k")])
     assert code == 2 and "cache.views" in capsys.readouterr().err and not (tmp_path / "k").exists()
+
+
+def test_a_bf16_autocast_run_trains_and_saves_float32_weights(tmp_path, chain, bingo_logger_guard):
+    assert distill(tmp_path, chain, "bf16", "trainer.precision=bf16-mixed", "trainer.limit_train_batches=2",
+                   f"teacher.checkpoint={chain.teacher}") == 0
+    weights = load_file(tmp_path / "bf16" / "student.safetensors")
+    assert all(w.dtype == torch.float32 and torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())

@@ -298,7 +298,8 @@ class TrainerConfig:
     devices: Any = "auto"  # number of processes per node, or "auto"
     num_nodes: int = 1
     strategy: str = "auto"  # auto | ddp | ...; torchrun and SLURM set the ranks
-    precision: str = "32-true"  # 32-true | 16-mixed | bf16-mixed
+    precision: str = "32-true"  # 32-true | 16-mixed | bf16-mixed | auto (bf16-mixed where the GPU or CPU computes
+    # bf16 natively: CUDA with bf16, or a CPU with avx512_bf16 / amx_bf16; else 32-true)
     loggers: list[str] = field(default_factory=lambda: ["csv"])  # csv | tensorboard | wandb
     log_every_n_steps: int = 50
     progress_bar: bool = True

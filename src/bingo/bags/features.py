@@ -21,6 +21,7 @@ from bingo.data.views import ImageBatches, Views, as_batch
 from bingo.errors import UserError
 from bingo.models.checkpoints import atomic_write
 from bingo.models.encoder import Encoder
+from bingo.training import lightning_precision
 
 
 def device() -> torch.device:
@@ -144,7 +145,8 @@ def predict_rows(module: L.LightningModule, loader: DataLoader, columns: list[tu
     writers = [_RowWriter(shape, dtype, path, i) for i, (shape, dtype, path) in enumerate(columns)]
     trainer = L.Trainer(accelerator=run.accelerator, devices=run.devices if on_disk else 1,
                         num_nodes=run.num_nodes if on_disk else 1, strategy=run.strategy if on_disk else "auto",
-                        precision=run.precision, logger=False, callbacks=writers, enable_progress_bar=progress,
+                        precision=lightning_precision(run), logger=False, callbacks=writers,
+                        enable_progress_bar=progress,
                         enable_model_summary=False, enable_checkpointing=False)
     trainer.predict(module, loader, return_predictions=False)
     return [writer.rows if path is None else np.load(path, mmap_mode="r")

@@ -140,8 +140,10 @@ class Method(L.LightningModule):
         self.last_terms = terms
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, on_step=True, on_epoch=True,
                       batch_size=batch_size)
-        self.log("loss", terms["loss"].detach(), prog_bar=True, logger=False, batch_size=batch_size)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, batch_size=batch_size)
+        if self.trainer.progress_bar_callback is not None:
+            self.log("loss", terms["loss"].detach(), prog_bar=True, logger=False, batch_size=batch_size)
+        if self.logging_step():  # a step value: logged only when written (each log call costs ~1 ms)
+            self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, batch_size=batch_size)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Store the run's identity (data set, bags, teacher) with the checkpoint."""
