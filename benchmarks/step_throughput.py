@@ -45,7 +45,8 @@ LARGE = ["data.name=generated", "data.image_size=224", "data.eval_resize=256", "
          "teacher.arch=resnet50", "teacher.width=64", "teacher.stem=imagenet", "teacher.embed_dim=128",
          "student.arch=resnet18", "student.width=64", "student.stem=imagenet", "student.embed_dim=128",
          "distill.optim.batch_size=32", "bags.k=5", "augment.blur_prob=0.5"]
-COMMON = ["trainer.progress_bar=false", "trainer.loggers=[csv]", "monitor.every_n_epochs=0", "distill.optim.epochs=1"]
+COMMON = ["trainer.progress_bar=false", "trainer.loggers=[csv]", "monitor.every_n_epochs=0", "distill.optim.epochs=1",
+          "trainer.precision=32-true"]  # fp32 unless --set trainer.precision=bf16-mixed
 
 
 def sets(items: list[str]) -> list[str]:
