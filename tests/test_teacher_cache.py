@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -233,3 +234,14 @@ def test_a_bf16_autocast_run_trains_and_saves_float32_weights(tmp_path, chain, b
                    f"teacher.checkpoint={chain.teacher}") == 0
     weights = load_file(tmp_path / "bf16" / "student.safetensors")
     assert all(w.dtype == torch.float32 and torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+
+
+def test_bingo_logs_alignment_only_on_logging_steps_and_trains(tmp_path, chain, bingo_logger_guard):
+    """Loss terms that appear only on some steps (BINGO's alignment) are checked like the others."""
+    assert distill(tmp_path, chain, "sparse", "trainer.log_every_n_steps=3", "trainer.loggers=[csv]",
+                   f"teacher.checkpoint={chain.teacher}") == 0
+    with open(tmp_path / "sparse" / "logs" / "metrics.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert any(row.get("train/alignment_step") for row in rows)
+    assert any(row.get("train/images_per_s_step") for row in rows)
+    assert any(row.get("train/images_per_s_epoch") for row in rows)

@@ -124,23 +124,24 @@ class FiniteLoss(Callback):
 
     def __init__(self, every: int, checkpoint: Path):
         self.every, self.checkpoint = max(1, every), checkpoint
-        self.bad: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (step, term is bad, lr)
-        self.names: list[str] = []
+        self.step: torch.Tensor | None = None  # the first bad step (-1: none yet), on the device
+        self.lr: torch.Tensor | None = None  # the learning rate at that step
+        self.terms: dict[str, torch.Tensor] = {}  # term -> whether it was bad at that step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: object, batch: tuple,
                            batch_idx: int) -> None:
         """Record the first step with a non-finite term; read it back every `every` steps."""
-        terms = getattr(pl_module, "last_terms", None)
-        if terms:
-            self.names = list(terms)
-            bad_terms = ~torch.stack([value.detach().float().isfinite().all() for value in terms.values()])
-            step = torch.tensor(trainer.global_step, device=bad_terms.device)
-            lr = torch.tensor(float(trainer.optimizers[0].param_groups[0]["lr"]), device=bad_terms.device)
-            if self.bad is None:
-                self.bad = (torch.full_like(step, -1), torch.zeros_like(bad_terms), torch.zeros_like(lr))
-            first = (self.bad[0] < 0) & bad_terms.any()
-            self.bad = (torch.where(first, step, self.bad[0]), torch.where(first, bad_terms, self.bad[1]),
-                        torch.where(first, lr, self.bad[2]))
+        terms = getattr(pl_module, "last_terms", None) or {}
+        bad = {name: ~value.detach().float().isfinite().all() for name, value in terms.items()}
+        if bad:
+            device = next(iter(bad.values())).device
+            if self.step is None:
+                self.step, self.lr = torch.tensor(-1, device=device), torch.tensor(0.0, device=device)
+            first = (self.step < 0) & torch.stack(list(bad.values())).any()
+            self.step = torch.where(first, trainer.global_step, self.step)
+            self.lr = torch.where(first, float(trainer.optimizers[0].param_groups[0]["lr"]), self.lr)
+            for name, flag in bad.items():
+                self.terms[name] = torch.where(first, flag, self.terms.get(name, torch.zeros_like(flag)))
         if (batch_idx + 1) % self.every == 0:
             self.check()
 
@@ -150,10 +151,10 @@ class FiniteLoss(Callback):
 
     def check(self) -> None:
         """Refuse to go on after a non-finite loss term."""
-        if self.bad is None or int(self.bad[0]) < 0:
+        if self.step is None or int(self.step) < 0:
             return
-        step, bad_terms, lr = self.bad
-        names = ", ".join(name for name, bad in zip(self.names, bad_terms.tolist(), strict=True) if bad)
+        step, lr = self.step, self.lr
+        names = ", ".join(name for name, flag in self.terms.items() if flag)
         kept = f"the last good checkpoint, {self.checkpoint}, is kept" if self.checkpoint.exists() else \
             "no checkpoint was written yet"
         raise UserError(f"training stopped: the loss became NaN or infinite at step {int(step)} (term {names}, "
