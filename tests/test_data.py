@@ -175,3 +175,19 @@ def test_a_decoded_folder_serves_batches_and_keeps_the_folder_identity(tmp_path)
     assert cached.stat().st_mtime_ns == stamp
     with pytest.raises(TypeError):
         files.batch(np.arange(2))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("data.augment_on=sideways",), "data.augment_on must be one of auto, device, workers"),
+    (("data.name=imagefolder", "data.augment_on=device"), "decode it once with --set data.decode_cache=DIR"),
+])
+def test_bad_augmentation_placement_is_refused_in_one_line(tmp_path, capsys, extra, message, bingo_logger_guard):
+    from bingo.cli import main
+    from conftest import tiny_sets
+
+    root = image_folder(tmp_path / "images", sizes=[(20, 20)] * 40)
+    code = main(["distill", "--method", "moco", "--out", str(tmp_path / "run"),
+                 *tiny_sets(f"data.root={root}", "data.eval_resize=16", *extra)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()

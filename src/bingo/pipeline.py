@@ -199,7 +199,7 @@ def training_data(cfg: Config, data: ImageDataset, module: Method, bags: Bags | 
         raise UserError(f"data.augment_on must be one of {', '.join(AUGMENT_ON)}, not '{where}'")
     if where == "device" and not data.in_memory:
         raise UserError(f"data.augment_on=device needs a data set held in memory; {data.name} is read from files "
-                        "one by one: use data.augment_on=workers (or auto)")
+                        "one by one: decode it once with --set data.decode_cache=DIR, or use data.augment_on=workers")
     if where == "workers" and cache is not None:
         raise UserError("a teacher cache (distill.teacher_cache) needs data.augment_on=device or auto")
     if data.in_memory and where != "workers":
@@ -230,7 +230,8 @@ def run_cache(cfg: Config, out: Path) -> Path:
     L.seed_everything(cfg.seed, verbose=False)
     data = build_dataset(cfg.data, "train")
     if not data.in_memory:
-        raise UserError(f"'bingo cache' augments in-memory data sets on the device; {data.name} is read from files")
+        raise UserError(f"'bingo cache' augments in-memory data sets on the device; {data.name} is read from files: "
+                        "decode it once with --set data.decode_cache=DIR")
     if cfg.cache.views < 1 or cfg.cache.batch_size < 1:
         raise UserError("cache.views and cache.batch_size must be at least 1")
     if cfg.cache.layer not in LAYERS:
