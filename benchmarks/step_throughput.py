@@ -11,6 +11,7 @@ Usage:
     python benchmarks/step_throughput.py --methods bingo moco --repeats 5
     python benchmarks/step_throughput.py --large --steps 6       # ResNet-18 <- ResNet-50 at 224 px
     python benchmarks/step_throughput.py --set trainer.precision=bf16-mixed   # both runs under bf16 autocast
+    python benchmarks/step_throughput.py --methods seed seed-cache bingo-cache   # on a teacher cache (V: --cache-views)
 Writes the table to stdout and, with --json FILE, the raw numbers.
 """
 
@@ -34,11 +35,17 @@ from bingo.models.encoder import Encoder
 
 METHODS = ("moco", "bingo", "seed", "compress-1q", "compress-2q", "disco", "simreg")
 # BINGO on a teacher-key cache ('bingo cache'): in full, and with its anchor query alone
-CACHED = {"bingo-cache": [], "bingo-anchor-cache": ["distill.bingo.cutmix=false", "distill.bingo.symmetric=false"]}
+# Methods on a teacher cache ('bingo cache'): name -> (method, cached layer, overrides); BINGO also with its
+# anchor query alone
+CACHED = {"bingo-cache": ("bingo", "embedding", []),
+          "bingo-anchor-cache": ("bingo", "embedding", ["distill.bingo.cutmix=false", "distill.bingo.symmetric=false"]),
+          "seed-cache": ("seed", "embedding", []), "disco-cache": ("disco", "embedding", []),
+          "compress-2q-cache": ("compress-2q", "features", []), "simreg-cache": ("simreg", "features", [])}
 # (student forward+backward passes, teacher forward passes, momentum-encoder forward passes) per batch
 PASSES = {"moco": (1, 0, 1), "bingo": (3, 2, 0), "seed": (1, 1, 0), "compress-1q": (1, 1, 0),
           "compress-2q": (1, 1, 1), "disco": (2, 2, 1), "simreg": (1, 1, 0), "bingo-cache": (3, 0, 0),
-          "bingo-anchor-cache": (1, 0, 0)}
+          "bingo-anchor-cache": (1, 0, 0), "seed-cache": (1, 0, 0), "disco-cache": (2, 0, 1),
+          "compress-2q-cache": (1, 0, 1), "simreg-cache": (1, 0, 0)}
 LARGE = ["data.name=generated", "data.image_size=224", "data.eval_resize=256", "data.channels=3",
          "data.mean=[0.485,0.456,0.406]", "data.std=[0.229,0.224,0.225]", "data.generated_train_size=1024",
          "data.generated_test_size=64", "data.train_subset=0", "data.test_subset=0",
@@ -56,21 +63,22 @@ def sets(items: list[str]) -> list[str]:
 def method_overrides(method: str, overrides: list[str]) -> list[str]:
     """`overrides` plus what a method needs: CompRess-1q's student embeds into the teacher's feature space."""
     if method in CACHED:
-        return [*overrides, *CACHED[method]]
+        return [*overrides, *CACHED[method][2]]
     if method != "compress-1q":
         return overrides
     cfg = load_config("demo", None, overrides, stage="distill")
     return [*overrides, f"student.embed_dim={Encoder(cfg.teacher, cfg.data.channels).feature_dim}"]
 
 
-def logged_rate(method: str, folder: Path, overrides: list[str], teacher: Path, bags: Path, keys: Path | None,
+def logged_rate(method: str, folder: Path, overrides: list[str], teacher: Path, bags: Path, caches: dict[str, Path],
                 steps: int, window: int) -> float:
     """Median images/s logged by a real `bingo distill` run of `steps` steps (first window dropped)."""
     out = folder / f"{method}-{time.monotonic_ns()}"
     overrides = method_overrides(method, overrides)
     extra = [f"trainer.limit_train_batches={steps}", f"trainer.log_every_n_steps={window}"]
     if method in CACHED:
-        method, extra = "bingo", [*extra, f"distill.teacher_cache={keys}"]
+        method, layer, _ = CACHED[method]
+        extra = [*extra, f"distill.teacher_cache={caches[layer]}"]
     code = bingo(["distill", "--method", method, "--teacher", str(teacher), "--bags", str(bags), "--out", str(out),
                   *sets(overrides + extra)])
     if code:
@@ -179,24 +187,25 @@ def official_bingo_rate(overrides: list[str], steps: int, channels_last: bool) -
     return batch * steps / (time.perf_counter() - started)
 
 
-def prepare(folder: Path, overrides: list[str], cache_views: int) -> tuple[Path, Path, Path | None]:
-    """A random-weight teacher file, its kNN bag file and (cache_views > 0) its teacher-key cache."""
+def prepare(folder: Path, overrides: list[str], cache_views: int, layers: set[str]) -> tuple[Path, Path, dict]:
+    """A random-weight teacher file, its kNN bag file and its teacher caches of `layers` (layer -> outputs.npy)."""
     cfg = load_config("demo", None, overrides, stage="distill")
     torch.manual_seed(0)
     teacher = folder / "teacher.safetensors"
     save_encoder(Encoder(cfg.teacher, cfg.data.channels), cfg.teacher, cfg.data, teacher)
     if bingo(["bags", "--teacher", str(teacher), "--out", str(folder / "bags"), *sets(overrides)]):
         sys.exit("bingo bags failed")
-    if cache_views and bingo(["cache", "--teacher", str(teacher), "--views", str(cache_views), "--out",
-                              str(folder / "cache"), *sets(overrides)]):
-        sys.exit("bingo cache failed")
-    return teacher, folder / "bags" / "bags.npz", folder / "cache" / "outputs.npy" if cache_views else None
+    for layer in layers:
+        if bingo(["cache", "--teacher", str(teacher), "--views", str(cache_views), "--out", str(folder / layer),
+                  *sets([*overrides, f"cache.layer={layer}"])]):
+            sys.exit("bingo cache failed")
+    return teacher, folder / "bags" / "bags.npz", {layer: folder / layer / "outputs.npy" for layer in layers}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(PASSES),
-                        help="methods; bingo-cache and bingo-anchor-cache: BINGO on a teacher-key cache")
+                        help="methods; NAME-cache: that method on a teacher cache (bingo-anchor-cache: anchor alone)")
     parser.add_argument("--cache-views", type=int, default=4, help="views per image of the teacher-key cache")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=40, help="training steps of each real run")
@@ -211,12 +220,12 @@ def main() -> None:
     results: dict[str, dict[str, list[float]]] = {m: {"logged": [], "bare": [], "bare_cl": []} for m in args.methods}
     official = []  # the official BINGO step, channels-last as the anchor
     with tempfile.TemporaryDirectory() as tmp:
-        needs_cache = any(method in CACHED for method in args.methods)
-        teacher, bags, keys = prepare(Path(tmp), overrides, args.cache_views if needs_cache else 0)
+        layers = {CACHED[method][1] for method in args.methods if method in CACHED}
+        teacher, bags, caches = prepare(Path(tmp), overrides, args.cache_views, layers)
         for _ in range(args.repeats):
             for method in args.methods:
                 row = results[method]
-                row["logged"].append(logged_rate(method, Path(tmp), overrides, teacher, bags, keys, args.steps,
+                row["logged"].append(logged_rate(method, Path(tmp), overrides, teacher, bags, caches, args.steps,
                                                  args.window))
                 row["bare"].append(bare_rate(method, overrides, args.bare_steps, channels_last=False))
                 row["bare_cl"].append(bare_rate(method, overrides, args.bare_steps, channels_last=True))
