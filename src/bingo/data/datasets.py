@@ -224,18 +224,16 @@ class _Decoder(Dataset):
     """Each image of a folder as a uint8 array (side, side, C): shorter side resized to `side`, centre-cropped."""
 
     def __init__(self, images: FileImages, side: int):
+        from torchvision import transforms as T
+
         self.images, self.side = images, side
+        self.transform = T.Compose([T.Resize(side), T.CenterCrop(side)])
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> np.ndarray:
-        image = self.images.image(index)
-        scale = self.side / min(image.size)
-        width, height = max(self.side, round(image.width * scale)), max(self.side, round(image.height * scale))
-        left, top = (width - self.side) // 2, (height - self.side) // 2
-        image = image.resize((width, height), Image.BILINEAR).crop((left, top, left + self.side, top + self.side))
-        return np.asarray(image).reshape(self.side, self.side, -1)
+        return np.asarray(self.transform(self.images.image(index))).reshape(self.side, self.side, -1)
 
 
 def decoded(images: FileImages, folder: Path, side: int, workers: int) -> ArrayImages:
@@ -250,7 +248,7 @@ def decoded(images: FileImages, folder: Path, side: int, workers: int) -> ArrayI
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         channels = 1 if images.mode == "L" else 3
-        partial = path.with_name(f".{path.name}.partial")
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")  # processes of one job decode side by side
         rows = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(images), side, side, channels))
         loader = DataLoader(_Decoder(images, side), batch_size=64, num_workers=workers)
         start = 0
