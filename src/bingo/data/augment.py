@@ -1,4 +1,4 @@
-"""MoCo-v2's augmentation on whole batches of uint8 images, on the device the networks run on (kornia).
+"""MoCo-v2's augmentation on whole batches of uint8 images, on the device the networks run on (kornia, torchvision).
 
 Each image of a batch gets its own random draw of every parameter (crop box, whether and how much
 colour jitter and in which order, grayscale, blur sigma, flip), with the distributions of the
@@ -25,8 +25,8 @@ from kornia.enhance import (
     adjust_saturation_with_gray_subtraction,
 )
 from kornia.filters import gaussian_blur2d
-from kornia.geometry.transform import crop_and_resize
 from torch import nn
+from torchvision.ops import roi_align
 
 from bingo.config import AugmentConfig, DataConfig
 
@@ -78,10 +78,11 @@ class BatchAugment(nn.Module):
     @torch.no_grad()
     def apply(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """The views `params` (B, PARAMS) describe, of uint8 `images` (B, C, H, W): normalised (B, C, S, S)."""
-        x0, y0, x1, y1 = params[:, BOX].unbind(1)
-        boxes = torch.stack([torch.stack([x0, y0], 1), torch.stack([x1, y0], 1), torch.stack([x1, y1], 1),
-                             torch.stack([x0, y1], 1)], 1)  # (B, 4, 2) corners, clockwise from top-left
-        views = crop_and_resize(images.float().div_(255), boxes, (self.size, self.size), align_corners=False)
+        # (B, 5) regions (image, x0, y0, x1, y1) with pixel-edge coordinates: the box holds inclusive pixel indices
+        regions = torch.cat([torch.arange(len(params), device=params.device, dtype=params.dtype).unsqueeze(1),
+                             params[:, BOX.start:BOX.start + 2], params[:, BOX.start + 2:BOX.stop] + 1], 1)
+        # bilinear resize of each crop, sampled at the output pixels' centres as torchvision's resize does
+        views = roi_align(images.float().div_(255), regions, self.size, sampling_ratio=1, aligned=True)
         views = self._jitter(views.clamp_(0, 1), params)
         gray = params[:, GRAY].bool()
         if gray.any():

@@ -46,6 +46,7 @@ class Method(L.LightningModule):
         self.run_info = run_info or {}
         self.augment: BatchAugment | None = None  # set: batches of uint8 images, augmented on the device
         self.memory_format = torch.contiguous_format  # of the images given to the networks (channels_last: NHWC)
+        self.on_train_epoch_start()
         if teacher is not None and teacher.head is None and self.uses_teacher_embeddings:
             raise UserError(f"the teacher has no projection head (its checkpoint holds a backbone only), so "
                             f"{type(self).__name__.lower()} cannot distil its embeddings; compress-1q, compress-2q "
@@ -136,14 +137,33 @@ class Method(L.LightningModule):
         return self._trainer is not None and self._trainer._logger_connector.should_update_logs
 
     def log_terms(self, terms: dict[str, torch.Tensor], batch_size: int) -> None:
-        """Log each loss term and metric under train/, the loss on the progress bar; keep them for checks."""
-        self.last_terms = terms
-        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, on_step=True, on_epoch=True,
-                      batch_size=batch_size)
+        """Log each loss term and metric under train/ (step values and epoch means), the loss on the progress bar.
+
+        Step values are logged only on the steps Lightning writes (each log call costs about 1 ms); the
+        epoch means are summed on the device and logged once, at the epoch's end.
+        """
+        self.last_terms = terms  # read by the non-finite-loss check
+        for name, value in terms.items():
+            value = value.detach().float() * batch_size
+            self.term_sums[name] = self.term_sums[name].add_(value) if name in self.term_sums else value
+        self.term_count += batch_size
         if self.trainer.progress_bar_callback is not None:
             self.log("loss", terms["loss"].detach(), prog_bar=True, logger=False, batch_size=batch_size)
-        if self.logging_step():  # a step value: logged only when written (each log call costs ~1 ms)
+        if self.logging_step():
+            self.log_dict({f"train/{k}_step": v.detach() for k, v in terms.items()}, on_step=True, on_epoch=False,
+                          batch_size=batch_size)
             self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, batch_size=batch_size)
+
+    def on_train_epoch_start(self) -> None:
+        """Start the epoch's sums of the logged terms afresh."""
+        self.term_sums: dict[str, torch.Tensor] = {}
+        self.term_count = 0
+
+    def on_train_epoch_end(self) -> None:
+        """Log the epoch's mean of each term (train/NAME_epoch), averaged over the processes."""
+        if self.term_count:
+            self.log_dict({f"train/{k}_epoch": v / self.term_count for k, v in self.term_sums.items()},
+                          on_step=False, on_epoch=True, sync_dist=True)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Store the run's identity (data set, bags, teacher) with the checkpoint."""
