@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 from bingo.config import PROTOCOLS, Config, load_config, preset_names
-from bingo.errors import UserError
+from bingo.errors import Preempted, UserError
 
 STAGES = ("pretrain", "embed", "cache", "bags", "distill", "eval", "compare", "repro", "demo")
 # One rule for --set keys: a full dotted path, or a path inside the subcommand's own section
@@ -205,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"bingo: error: {err}", file=sys.stderr)
         return 2
+    except Preempted as err:
+        print(f"bingo: {err}", file=sys.stderr)
+        return 143  # 128 + SIGTERM, as a process killed by it
     except KeyboardInterrupt:
         print("bingo: interrupted; rerun with --resume to continue", file=sys.stderr)
         return 130

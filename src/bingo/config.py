@@ -305,6 +305,7 @@ class TrainerConfig:
     progress_bar: bool = True
     limit_train_batches: Any = 1.0  # fraction (or number) of batches per epoch, for smoke runs
     channels_last: bool = True  # networks and images in NHWC memory order (faster convolutions on CPU and GPU)
+    checkpoint_every_minutes: float = 30.0  # also checkpoint within an epoch this often (0: at epoch ends only)
 
 
 @dataclass

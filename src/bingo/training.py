@@ -8,18 +8,22 @@ import io
 import json
 import resource
 import time
+import warnings
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, Dataset
 
 from bingo.config import Config, OptimConfig, TrainerConfig, save_config
+from bingo.data.order import EpochBatches
 from bingo.data.views import ImageBatches, as_batch
-from bingo.errors import UserError
+from bingo.errors import Preempted, UserError
 from bingo.eval.monitor import KnnMonitor
 from bingo.models.checkpoints import AtomicCheckpointIO, atomic_write
 
@@ -162,19 +166,92 @@ class FiniteLoss(Callback):
                         "changing it)")
 
 
-class EpochCheckpoint(Checkpoint):
-    """checkpoints/last.ckpt at every epoch end, written atomically: the previous one stays whole until then.
+class RunCheckpoint(Checkpoint):
+    """checkpoints/last.ckpt at every epoch end, every `every_minutes` within an epoch, and when SIGTERM stops the run.
 
-    (Lightning's ModelCheckpoint with save_top_k=0 writes last.ckpt only when training ends.) Lightning
-    runs checkpoint callbacks after the others, so `FiniteLoss` refuses a broken epoch first.
+    Written atomically: the previous checkpoint stays whole until the new one is complete; `guards`
+    (the non-finite-loss check) run first, so a broken state never replaces a good one. Besides what
+    Lightning stores (weights, queues, optimizer, schedule, progress), it holds the training order's
+    position and the random number generators' states: a run resumed from it continues with the
+    batches and random draws it would have had, and ends with the same weights (docs/reliability.md).
     """
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, every_minutes: float, order: EpochBatches | None = None,
+                 guards: list[Callable[[], None]] = ()):
+        self.path, self.every_seconds, self.order, self.guards = path, every_minutes * 60, order, list(guards)
+        self.position = (0, 0)  # (epoch, batches of it trained on)
+        self.saved_at = time.monotonic()
+        self.restored: dict | None = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: object, batch: tuple,
+                           batch_idx: int) -> None:
+        """Save when `every_minutes` have passed since the last save (not on an epoch's last batch)."""
+        self.position = (trainer.current_epoch, batch_idx + 1)
+        due = self.every_seconds > 0 and time.monotonic() - self.saved_at >= self.every_seconds
+        if due and batch_idx + 1 < trainer.num_training_batches:
+            self.save(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Save the whole training state: model, queues, optimizer, schedule, epoch, run identity."""
+        """Save at the end of every epoch."""
+        self.position = (trainer.current_epoch + 1, 0)
+        self.save(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """Save when SIGTERM stopped the run (Lightning stops it between two steps)."""
+        if isinstance(exception, SIGTERMException):
+            self.save(trainer)
+
+    def save(self, trainer: L.Trainer) -> None:
+        """Run the guards, then write the checkpoint."""
+        for guard in self.guards:
+            guard()
         trainer.save_checkpoint(self.path)
+        self.saved_at = time.monotonic()
+
+    def state_dict(self) -> dict:
+        """The training order's position and the random number generators' states."""
+        epoch, batches = self.position
+        return {"epoch": epoch, "batches": batches, "rng": rng_states()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Keep the stored position and generators for the start of training."""
+        self.restored = state_dict
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """On resume: continue the training order, the schedule and the random draws where they stopped."""
+        if self.restored is None:
+            return
+        if self.order is not None:
+            self.order.resume(self.restored["epoch"], self.restored["batches"])
+        catch_up_schedules(trainer)
+        set_rng_states(self.restored["rng"])
+        self.restored = None
+
+
+def catch_up_schedules(trainer: L.Trainer) -> None:
+    """Step the per-step schedules of a checkpoint written after an optimizer step but before its schedule step."""
+    for config in trainer.lr_scheduler_configs:
+        if config.interval == "step":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "lr_scheduler.step() before optimizer.step()"
+                while config.scheduler.last_epoch < trainer.global_step:
+                    config.scheduler.step()
+
+
+def rng_states() -> dict:
+    """The states of torch's generators: the CPU's and, where used, each CUDA device's."""
+    states = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    """Restore what `rng_states` returned (the CUDA states only onto as many devices)."""
+    torch.set_rng_state(states["cpu"])
+    cuda = states.get("cuda")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def lightning_precision(run: TrainerConfig) -> str:
@@ -200,20 +277,22 @@ def cpu_has_native_bf16() -> bool:
 
 
 def make_trainer(cfg: Config, epochs: int, out: Path, callbacks: list | None = None,
-                 checkpoints: bool = True) -> L.Trainer:
-    """A Trainer with the configured devices, precision and loggers (into `out`), checkpointing every epoch."""
+                 own_order: bool = False) -> L.Trainer:
+    """A Trainer with the configured devices, precision and loggers (into `out`); checkpoints if `callbacks` has one.
+
+    `own_order`: the data loaders shard the data between processes themselves (`EpochBatches`).
+    """
     run = cfg.trainer
     loggers = [_logger(name, out) for name in run.loggers]
     callbacks = list(callbacks or [])
-    if checkpoints:
-        callbacks.append(EpochCheckpoint(out / LAST_CHECKPOINT))
+    checkpoints = any(isinstance(callback, Checkpoint) for callback in callbacks)
     return L.Trainer(max_epochs=epochs, accelerator=run.accelerator, devices=run.devices,
                      num_nodes=run.num_nodes, strategy=run.strategy, precision=lightning_precision(run),
                      logger=loggers,
                      callbacks=callbacks, plugins=[AtomicCheckpointIO()], default_root_dir=out,
                      log_every_n_steps=run.log_every_n_steps, enable_progress_bar=run.progress_bar,
                      limit_train_batches=run.limit_train_batches, enable_model_summary=False,
-                     enable_checkpointing=checkpoints)
+                     enable_checkpointing=checkpoints, use_distributed_sampler=not own_order)
 
 
 def _logger(name: str, out: Path) -> object:
@@ -235,31 +314,47 @@ def fit(module: L.LightningModule, dataset: Dataset, cfg: Config, optim: OptimCo
         resume: bool) -> L.Trainer:
     """Train `module` on `dataset` for optim.epochs, resuming from the last checkpoint if asked.
 
-    Logs throughput, and the online kNN monitor when cfg.monitor.every_n_epochs is set.
+    Logs throughput, and the online kNN monitor when cfg.monitor.every_n_epochs is set; checkpoints
+    as `RunCheckpoint` says.
     """
-    callbacks: list[Callback] = [Throughput(cfg.trainer.log_every_n_steps),
-                                 FiniteLoss(cfg.trainer.log_every_n_steps, out / LAST_CHECKPOINT)]
+    checkpoint = out / LAST_CHECKPOINT
+    finite = FiniteLoss(cfg.trainer.log_every_n_steps, checkpoint)
+    callbacks: list[Callback] = [Throughput(cfg.trainer.log_every_n_steps), finite]
     if cfg.monitor.every_n_epochs > 0:
         callbacks.append(KnnMonitor(cfg))
-    trainer = make_trainer(cfg, optim.epochs, out, callbacks)
+    saver = RunCheckpoint(checkpoint, cfg.trainer.checkpoint_every_minutes, guards=[finite.check])
+    trainer = make_trainer(cfg, optim.epochs, out, [*callbacks, saver], own_order=True)
     processes = trainer.world_size
     if optim.batch_size % processes:
         raise UserError(f"batch size {optim.batch_size} does not split over {processes} processes")
     if len(dataset) < optim.batch_size:
         raise UserError(f"the data set has {len(dataset)} images, fewer than one batch ({optim.batch_size}); "
                         "lower the batch size")
+    saver.order = EpochBatches(len(dataset), optim.batch_size // processes, cfg.seed, trainer.global_rank, processes)
     workers = 0 if isinstance(dataset, ImageBatches) else cfg.data.num_workers  # in memory: one indexing a batch
-    loader = DataLoader(dataset, batch_size=optim.batch_size // processes, shuffle=True, drop_last=True,
-                        num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
+    loader = DataLoader(dataset, batch_sampler=saver.order, num_workers=workers, persistent_workers=workers > 0,
+                        pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(cfg.seed),
                         collate_fn=as_batch if isinstance(dataset, ImageBatches) else None)
-    checkpoint = out / LAST_CHECKPOINT
-    resuming = resume and checkpoint.exists()
-    if resuming and is_rank_zero():
+    resume_from = newest_checkpoint(out) if resume else None
+    if resume_from and is_rank_zero():
         keep_metrics(out / "logs")
-    trainer.fit(module, loader, ckpt_path=checkpoint if resuming else None)
-    if resuming and is_rank_zero():
+    with warnings.catch_warnings():  # the order is resumable through RunCheckpoint, which Lightning cannot see
+        warnings.filterwarnings("ignore", "You're resuming from a checkpoint that ended before the epoch ended")
+        try:
+            trainer.fit(module, loader, ckpt_path=resume_from)
+        except SIGTERMException:
+            raise Preempted(f"stopped by SIGTERM at step {trainer.global_step}; checkpoint saved in {checkpoint}; "
+                            "run the same command with --resume to continue") from None
+    if resume_from and is_rank_zero():
         merge_metrics(out / "logs")
     return trainer
+
+
+def newest_checkpoint(out: Path) -> Path | None:
+    """The run's newest checkpoint: checkpoints/last.ckpt, or the one Lightning wrote on SLURM's requeue signal."""
+    found = [out / LAST_CHECKPOINT, *out.glob("hpc_ckpt_*.ckpt")]
+    found = [path for path in found if path.exists()]
+    return max(found, key=lambda path: path.stat().st_mtime_ns) if found else None
 
 
 def keep_metrics(logs: Path) -> None:

@@ -33,8 +33,8 @@ class Bags(abc.ABC):
         return len(getattr(self, self.arrays[0]))
 
     @abc.abstractmethod
-    def positive(self, anchor: int) -> int:
-        """One member of `anchor`'s bag, drawn uniformly."""
+    def positive(self, anchor: int, generator: torch.Generator | None = None) -> int:
+        """One member of `anchor`'s bag, drawn uniformly (from `generator`, else torch's global RNG)."""
 
     @abc.abstractmethod
     def members(self, anchor: int) -> np.ndarray:
@@ -61,9 +61,9 @@ class NeighbourBags(Bags):
             else np.asarray(similarities, dtype=np.float32)
         self._table = torch.from_numpy(self.neighbours)
 
-    def positive(self, anchor: int) -> int:
+    def positive(self, anchor: int, generator: torch.Generator | None = None) -> int:
         """One of the anchor's K neighbours, drawn uniformly."""
-        return int(self._table[anchor, torch.randint(self._table.shape[1], ())])
+        return int(self._table[anchor, torch.randint(self._table.shape[1], (), generator=generator)])
 
     def members(self, anchor: int) -> np.ndarray:
         """The anchor's K neighbours."""
@@ -99,14 +99,14 @@ class GroupBags(Bags):
         if (self.fallback[lonely] < 0).any():
             raise ValueError("an image alone in its group needs a fallback positive")
 
-    def positive(self, anchor: int) -> int:
+    def positive(self, anchor: int, generator: torch.Generator | None = None) -> int:
         """Another member of the anchor's group, drawn uniformly (its fallback if it is alone)."""
         group = self.groups[anchor]
         size = int(self.sizes[group])
         if size == 1:
             return int(self.fallback[anchor])
         start = int(self.starts[group])
-        member = int(self.order[start + int(torch.randint(size - 1, ()))])
+        member = int(self.order[start + int(torch.randint(size - 1, (), generator=generator))])
         return int(self.order[start + size - 1]) if member == anchor else member  # uniform over the others
 
     def members(self, anchor: int) -> np.ndarray:

@@ -48,14 +48,15 @@ class TeacherOutputs:
         """D, the size of the cached outputs."""
         return self.outputs.shape[2]
 
-    def sample(self, indices: np.ndarray) -> torch.Tensor:
+    def sample(self, indices: np.ndarray, generator: torch.Generator | None = None) -> torch.Tensor:
         """The normalised output of one uniformly drawn cached view of each image: (B,) -> (B, D) float32."""
-        views = torch.randint(self.views, (len(indices),)).numpy()
+        views = torch.randint(self.views, (len(indices),), generator=generator).numpy()
         return F.normalize(torch.from_numpy(np.asarray(self.outputs[indices, views], dtype=np.float32)), dim=1)
 
-    def sample_views(self, indices: np.ndarray, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample_views(self, indices: np.ndarray, count: int,
+                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """`count` distinct cached views of each image: outputs (B, count, D) and parameters (B, count, P), float32."""
-        views = torch.rand(len(indices), self.views).argsort(1)[:, :count].numpy()  # (B, count)
+        views = torch.rand(len(indices), self.views, generator=generator).argsort(1)[:, :count].numpy()  # (B, count)
         rows = np.asarray(indices)[:, None]
         return (torch.from_numpy(np.asarray(self.outputs[rows, views], dtype=np.float32)),
                 torch.from_numpy(np.asarray(self.params[rows, views], dtype=np.float32)))

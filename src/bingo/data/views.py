@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 from bingo.bags.files import Bags
 from bingo.data.datasets import ImageDataset
 from bingo.data.keys import TeacherOutputs
+from bingo.data.order import batch_generator
 
 
 class Views(Dataset):
@@ -85,17 +86,21 @@ class ImageBatches(Dataset):
         return self.__getitems__([index])
 
     def __getitems__(self, indices: list[int]) -> tuple:
-        """The batch of `indices` (the DataLoader hands a batch sampler's indices over in one call)."""
-        anchors = np.asarray(indices)
+        """The batch of `indices` (the DataLoader hands a batch sampler's indices over in one call).
+
+        Its random draws come from the batch's own seed when it carries one (`order.SeededBatch`).
+        """
+        generator, anchors = batch_generator(indices), np.asarray(indices)
         batch = (self.base.batch(anchors), torch.from_numpy(self.base.labels[anchors]), torch.from_numpy(anchors))
         if self.bags is None:
-            return batch if self.cache is None else (*batch, *self.cache.sample_views(anchors, self.views))
-        positives = np.array([self.bags.positive(i) for i in anchors])
+            return batch if self.cache is None else \
+                (*batch, *self.cache.sample_views(anchors, self.views, generator))
+        positives = np.array([self.bags.positive(i, generator) for i in anchors])
         images, labels, indices_t = batch
         batch = (images, self.base.batch(positives), labels, indices_t, torch.from_numpy(positives))
         if self.cache is None:
             return batch
-        return (*batch, self.cache.sample(anchors), self.cache.sample(positives))
+        return (*batch, self.cache.sample(anchors, generator), self.cache.sample(positives, generator))
 
 
 def as_batch(batch: tuple) -> tuple:

@@ -84,7 +84,7 @@ class Classifier(L.LightningModule):
 def train_and_test(classifier: Classifier, train: Dataset, test: Dataset, cfg: Config, epochs: int,
                    batch_size: int, out: Path) -> dict[str, float]:
     """Fit `classifier` on `train` (losses logged into `out`), then its top-1 / top-5 accuracy (%) on `test`."""
-    trainer = make_trainer(cfg, epochs, out, checkpoints=False)
+    trainer = make_trainer(cfg, epochs, out)
     per_process = max(1, batch_size // trainer.world_size)
     workers = 0 if isinstance(train, TensorDataset) else cfg.data.num_workers  # features in memory need no loader
     trainer.fit(classifier, DataLoader(train, batch_size=per_process, shuffle=True, num_workers=workers,

@@ -1,0 +1,128 @@
+"""A run killed (SIGKILL) or stopped (SIGTERM) anywhere and resumed ends with the weights of one never stopped."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bingo.data.order import EpochBatches
+from conftest import BATCH, TRAIN_SIZE, check_ok, run_cli, tiny_sets
+
+STEPS_PER_EPOCH = TRAIN_SIZE // BATCH
+EPOCHS = 2
+
+# Runs `bingo ARGS` in this process and sends it SIGNAL at the end of the hook HOOK of the step STEP
+# (its global step before the hook), before that point's checkpoint is written.
+STOPPING_RUN = textwrap.dedent("""
+    import os, signal, sys
+    import bingo.training as training
+    from bingo.cli import main
+
+    hook, step, signum = sys.argv[1], int(sys.argv[2]), getattr(signal, sys.argv[3])
+    original = getattr(training.Throughput, hook)
+
+    def stop_at(self, trainer, *args):
+        original(self, trainer, *args)
+        if trainer.global_step == step:
+            os.kill(os.getpid(), signum)
+
+    setattr(training.Throughput, hook, stop_at)
+    sys.exit(main(sys.argv[4:]))
+""")
+
+
+def distill_args(chain, out, *extra: str) -> list[str]:
+    return ["distill", "--method", "bingo", "--teacher", str(chain.teacher), "--bags", str(chain.bags),
+            "--out", str(out), *tiny_sets(f"distill.optim.epochs={EPOCHS}", *extra)]
+
+
+def stopped_run(hook: str, step: int, signum: str, args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", STOPPING_RUN, hook, str(step), signum, *args],
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+def same_weights(a, b) -> bool:
+    first, second = load_file(a), load_file(b)
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(chain, tmp_path_factory):
+    out = tmp_path_factory.mktemp("resume") / "whole"
+    check_ok(run_cli(*distill_args(chain, out)))
+    return out / "student.safetensors"
+
+
+@pytest.mark.parametrize("hook, step, every_minutes, checkpoint_step", [
+    ("on_train_batch_end", 1, "1e-9", None),  # killed before the first checkpoint: starts again from scratch
+    ("on_train_batch_end", STEPS_PER_EPOCH + 2, "1e-9", STEPS_PER_EPOCH + 1),  # mid-epoch, checkpoint mid-epoch
+    ("on_train_epoch_start", STEPS_PER_EPOCH, "0", STEPS_PER_EPOCH),  # between epochs, after the epoch's checkpoint
+], ids=["before-first-checkpoint", "mid-epoch", "between-epochs"])
+def test_a_killed_run_resumes_to_the_same_weights(chain, uninterrupted, tmp_path, hook, step, every_minutes,
+                                                  checkpoint_step):
+    out = tmp_path / "run"
+    args = distill_args(chain, out, f"trainer.checkpoint_every_minutes={every_minutes}")
+    killed = stopped_run(hook, step, "SIGKILL", args)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    checkpoint = out / "checkpoints" / "last.ckpt"
+    if checkpoint_step is None:
+        assert not checkpoint.exists()
+    else:
+        assert torch.load(checkpoint, weights_only=True)["global_step"] == checkpoint_step
+    check_ok(run_cli(*args, "--resume"))
+    assert same_weights(out / "student.safetensors", uninterrupted)
+
+
+def test_sigterm_checkpoints_stops_in_one_line_and_resumes_to_the_same_weights(chain, uninterrupted, tmp_path):
+    out = tmp_path / "run"
+    args = distill_args(chain, out)  # no checkpoint within epochs: SIGTERM's is the only one mid-epoch
+    stopped = stopped_run("on_train_batch_end", STEPS_PER_EPOCH + 1, "SIGTERM", args)
+    lines = stopped.stderr.strip().splitlines()
+    assert stopped.returncode == 143 and "Traceback" not in stopped.stderr, stopped.stderr
+    assert "stopped by SIGTERM" in lines[-1] and "--resume" in lines[-1]
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == STEPS_PER_EPOCH + 1
+    check_ok(run_cli(*args, "--resume"))
+    assert same_weights(out / "student.safetensors", uninterrupted)
+
+
+def test_the_training_order_is_a_fresh_permutation_each_epoch_shared_between_processes():
+    def epoch(order, number):
+        order.set_epoch(number)
+        return [list(batch) for batch in order]
+
+    shares = [EpochBatches(10, 2, seed=0, rank=rank, processes=2) for rank in range(2)]
+    first = [epoch(order, 0) for order in shares]
+    assert [len(batches) for batches in first] == [2, 2]  # 5 images per process: 2 full batches
+    flat = [i for batches in first for batch in batches for i in batch]
+    assert len(set(flat)) == 8  # no image in two processes
+    assert epoch(shares[0], 1) != first[0] and epoch(shares[0], 0) == first[0]
+
+
+def test_a_resumed_order_continues_the_epoch_with_its_batches_and_seeds():
+    order = EpochBatches(12, 3, seed=5)
+    order.set_epoch(2)
+    whole = list(order)
+    order.resume(2, 1)
+    order.set_epoch(2)  # Lightning sets the epoch again when the resumed epoch starts
+    rest = list(order)
+    assert rest == whole[1:] and [b.seed for b in rest] == [b.seed for b in whole[1:]]
+    order.set_epoch(3)
+    assert len(list(order)) == 4
+
+
+def test_lightning_starts_each_epoch_of_the_training_order():
+    from lightning.fabric.utilities.data import _set_sampler_epoch  # what Lightning calls at each epoch start
+    from torch.utils.data import DataLoader
+
+    order = EpochBatches(12, 3, seed=0)
+    loader = DataLoader(range(12), batch_sampler=order)
+    _set_sampler_epoch(loader, 4)
+    assert order.epoch == 4
