@@ -31,7 +31,8 @@ def half_then_disk_full(write):
 
 def knn_bags(seed: int) -> NeighbourBags:
     rng = np.random.default_rng(seed)
-    return NeighbourBags(rng.integers(0, 8, (8, 3)), {"kind": "neighbours", "strategy": "knn", "k": 3, "seed": seed})
+    meta = {"kind": "neighbours", "strategy": "knn", "k": 3, "seed": seed, "dataset": {"size": 8}}
+    return NeighbourBags(rng.integers(0, 8, (8, 3)), meta)
 
 
 def write_result(path: Path, version: int, monkeypatch=None) -> None:

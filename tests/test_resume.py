@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from bingo.data.order import EpochBatches
-from conftest import BATCH, TRAIN_SIZE, check_ok, run_cli, tiny_sets
+from conftest import BATCH, TRAIN_SIZE, check_ok, read_json, run_cli, tiny_sets
 
 STEPS_PER_EPOCH = TRAIN_SIZE // BATCH
 EPOCHS = 2
@@ -126,3 +126,33 @@ def test_lightning_starts_each_epoch_of_the_training_order():
     loader = DataLoader(range(12), batch_sampler=order)
     _set_sampler_epoch(loader, 4)
     assert order.epoch == 4
+
+
+def test_the_per_image_path_in_loader_workers_resumes_to_the_same_weights(tmp_path):
+    def args(out):
+        return ["distill", "--method", "moco", "--out", str(out),
+                *tiny_sets(f"distill.optim.epochs={EPOCHS}", "data.augment_on=workers", "data.num_workers=1",
+                           "trainer.checkpoint_every_minutes=1e-9")]
+
+    check_ok(run_cli(*args(tmp_path / "whole")))
+    killed = stopped_run("on_train_batch_end", STEPS_PER_EPOCH + 2, "SIGKILL", args(tmp_path / "run"))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    check_ok(run_cli(*args(tmp_path / "run"), "--resume"))
+    assert same_weights(tmp_path / "run" / "student.safetensors", tmp_path / "whole" / "student.safetensors")
+
+
+def test_an_interrupted_linear_evaluation_resumes_to_the_same_accuracy(chain, tmp_path):
+    def args(out):
+        return ["eval", "linear", "--model", str(chain.bingo / "student.safetensors"), "--out", str(out),
+                *tiny_sets("eval.linear.variant=paper", "trainer.checkpoint_every_minutes=1e-9")]
+
+    check_ok(run_cli(*args(tmp_path / "whole")))
+    killed = stopped_run("on_train_batch_end", 3, "SIGKILL", args(tmp_path / "run"))  # in the 2nd of 2 epochs
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert (tmp_path / "run" / "linear" / "checkpoints" / "last.ckpt").exists()
+    refused = run_cli(*args(tmp_path / "run"))
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    check_ok(run_cli(*args(tmp_path / "run"), "--resume"))
+    whole, resumed = (read_json(tmp_path / name / "results.json")["rows"] for name in ("whole", "run"))
+    assert resumed == whole
+    assert not (tmp_path / "run" / "linear" / "checkpoints" / "last.ckpt").exists()  # removed once the result is known

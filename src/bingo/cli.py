@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--out", required=True, type=Path, help="run folder (config, logs, checkpoints, results)")
         if name not in ("compare", "repro"):  # these take --seeds, one run per seed
             sub.add_argument("--seed", type=int, help="random seed (makes a CPU run repeatable)")
-        if name in ("pretrain", "distill", "compare", "repro", "demo"):
+        if name in ("pretrain", "distill", "eval", "compare", "repro", "demo"):
             sub.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
         if name in ("embed", "cache", "bags", "distill", "compare", "repro"):
             sub.add_argument("--teacher", help="teacher checkpoint: teacher.safetensors, MoCo v1/v2/v3, SwAV, SimCLR, "
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             print((args.out / "results.md").read_text() if report else "")
         elif args.command == "eval":
             protocols = PROTOCOLS if "all" in args.protocols else tuple(dict.fromkeys(args.protocols))
-            print(json.dumps(pipeline.run_eval(cfg, args.out, args.model, protocols), indent=2))
+            print(json.dumps(pipeline.run_eval(cfg, args.out, args.model, protocols, args.resume), indent=2))
         else:
             pipeline.run_demo(cfg, args.out, args.resume)
     except UserError as err:

@@ -43,6 +43,8 @@ class DataConfig:
     # each image by torchvision in loader processes | auto: device where the data set is held in memory
     decode_cache: str = ""  # imagefolder: decode every image once into a uint8 .npy in this folder (shorter side
     # resized to eval_resize, centre square kept), then augment whole batches on the device
+    max_bad_images: float = 0.01  # image files that cannot be read are skipped (the next image takes their place);
+    # a run stops if more than this fraction of its images cannot be read
     generated_classes: int = 10  # only for name=generated
     generated_train_size: int = 512
     generated_test_size: int = 256
@@ -344,13 +346,15 @@ def load_config(preset: str | None = None, file: str | None = None, overrides: l
     if file:
         path = Path(file)
         if not path.is_file():
-            raise UserError(f"config file {file} does not exist")
+            raise UserError(f"config file {file} does not exist; check the path given to --config")
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise UserError(f"config file {file} is not valid YAML: {str(err).splitlines()[0]}") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise UserError(f"config file {file} is not valid YAML ({str(err).splitlines()[0]}); correct it, or "
+                            "pass another file to --config") from None
         if not isinstance(loaded, dict):
-            raise UserError(f"config file {file} must hold a mapping of sections")
+            raise UserError(f"config file {file} must hold a mapping of sections, e.g. "
+                            "'distill: {optim: {lr: 0.06}}'; correct it, or pass another file to --config")
         _merge(tree, loaded, f"config file {file}")
     for item in overrides:
         _apply_override(tree, item, stage)
@@ -450,7 +454,8 @@ def _coerce(value: Any, path: str, origin: str) -> Any:
     base = typing.get_origin(hint) or hint
     if isinstance(value, base) and not (base is int and isinstance(value, bool)):
         return value
-    raise UserError(f"{origin}: '{path}' expects {getattr(hint, '__name__', hint)}, got {json.dumps(value)}")
+    raise UserError(f"{origin}: '{path}' expects {getattr(hint, '__name__', hint)}, got "
+                    f"{json.dumps(value, default=str)}")
 
 
 def _suggest(path: str) -> str:

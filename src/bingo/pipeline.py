@@ -50,7 +50,15 @@ from bingo.models.backbones import count_parameters
 from bingo.models.checkpoints import atomic_write, load_encoder, save_encoder
 from bingo.models.encoder import Encoder
 from bingo.report import write_report
-from bingo.training import file_digest, fit, is_rank_zero, peak_memory_mib, prepare_run_folder, write_results
+from bingo.training import (
+    check_resumable,
+    file_digest,
+    fit,
+    is_rank_zero,
+    peak_memory_mib,
+    prepare_run_folder,
+    write_results,
+)
 
 log = logging.getLogger("bingo")
 TEACHER_FILE, STUDENT_FILE, BAGS_FILE = "teacher.safetensors", "student.safetensors", "bags.npz"
@@ -65,11 +73,13 @@ def run_pretrain(cfg: Config, out: Path, resume: bool = False) -> Path:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = build_dataset(cfg.data, "train")
     run_info = {"dataset": data.identity}
-    prepare_run_folder(out, cfg, resume, run_info)
     module = MoCo(Encoder(cfg.teacher, cfg.data.channels), cfg.pretrain.optim, cfg.pretrain.moco, run_info)
+    if resume:
+        check_resumable(out, module)
+    prepare_run_folder(out, cfg, resume, run_info)
     trainer = fit(module, training_data(cfg, data, module), cfg, cfg.pretrain.optim, out, resume)
-    return _finish_training(module, trainer, cfg.teacher, cfg, out / TEACHER_FILE,
-                            {"stage": "pretrain", "method": "moco", "images": len(data)}, started)
+    return _finish_training(module, trainer, cfg.teacher, cfg, out / TEACHER_FILE, data,
+                            {"stage": "pretrain", "method": "moco"}, started)
 
 
 def run_embed(cfg: Config, out: Path, model: str | None) -> Path:
@@ -81,6 +91,7 @@ def run_embed(cfg: Config, out: Path, model: str | None) -> Path:
         raise UserError("'bingo embed' needs a network: pass --model FILE|random|random-init or --teacher FILE")
     data = build_dataset(cfg.data, cfg.embed.split)
     prepare_run_folder(out, cfg, resume=False)
+    data.record_unreadable(out)
     path = out / FEATURES_FILE
     embed(cfg, encoder, data, source, path)
     write_results(out, {"stage": "embed", **read_features_meta(path), "wall_time_s": _since(started),
@@ -98,7 +109,8 @@ def embed(cfg: Config, encoder: Encoder, data: ImageDataset, source: dict, path:
     features = extract_features(encoder, data, cfg.data, cfg.embed.batch_size, cfg.trainer, path, cfg.embed.dtype,
                                 cfg.trainer.progress_bar)
     write_features_meta(path, {"dataset": data.identity, "source": source, "layer": "backbone",
-                               "shape": list(features.shape), "dtype": cfg.embed.dtype})
+                               "shape": list(features.shape), "dtype": cfg.embed.dtype,
+                               "unreadable": sorted(data.unreadable())})  # their rows are zero
     return features
 
 
@@ -109,6 +121,7 @@ def run_bags(cfg: Config, out: Path) -> Path:
     check_request(cfg.bags, len(data))
     features, source, encoder = _bag_features(cfg, data)
     prepare_run_folder(out, cfg, resume=False)
+    data.record_unreadable(out)
     if encoder is not None:
         features = embed(cfg, encoder, data, source, out / FEATURES_FILE)
     if not is_rank_zero():  # the other processes only helped compute the features
@@ -120,8 +133,8 @@ def run_bags(cfg: Config, out: Path) -> Path:
     save_bags(path, bags)
     report = bag_report(bags, data.labels, features, cfg.bags.report_sample, cfg.seed)
     write_montage(out / MONTAGE_FILE, bags, data, cfg.bags.montage_rows, seed=cfg.seed)
-    write_results(out, {"stage": "bags", **bags.meta, "report": report, "wall_time_s": _since(started),
-                        "peak_memory": peak_memory_mib()})
+    write_results(out, {"stage": "bags", **bags.meta, "report": report, "unreadable_images": len(data.unreadable()),
+                        "wall_time_s": _since(started), "peak_memory": peak_memory_mib()})
     purity = report["purity"]
     log.info("bags (%s): %d images, purity %s; report in %s, montage in %s", cfg.bags.strategy, len(data),
              "n/a (no labels)" if purity is None else f"{100 * purity:.1f}%", out / "results.json",
@@ -181,10 +194,12 @@ def run_distill(cfg: Config, out: Path, resume: bool = False) -> Path:
         check_bags(Path(cfg.distill.bags), bags, data.identity, _expected_bags(cfg, run_info.get("teacher")))
         run_info["bags"] = file_digest(Path(cfg.distill.bags))
     dataset = training_data(cfg, data, module, bags, cache)
+    if resume:
+        check_resumable(out, module)
     prepare_run_folder(out, cfg, resume, run_info)
     trainer = fit(module, dataset, cfg, cfg.distill.optim, out, resume)
-    return _finish_training(module, trainer, cfg.student, cfg, out / STUDENT_FILE,
-                            {"stage": "distill", "method": name, "images": len(data)}, started)
+    return _finish_training(module, trainer, cfg.student, cfg, out / STUDENT_FILE, data,
+                            {"stage": "distill", "method": name}, started)
 
 
 def training_data(cfg: Config, data: ImageDataset, module: Method, bags: Bags | None = None,
@@ -258,17 +273,21 @@ def run_cache(cfg: Config, out: Path) -> Path:
     return path
 
 
-def run_eval(cfg: Config, out: Path, model: str, protocols: tuple[str, ...] = ("knn", "linear")) -> dict:
+def run_eval(cfg: Config, out: Path, model: str, protocols: tuple[str, ...] = ("knn", "linear"),
+             resume: bool = False) -> dict:
     """Evaluate a model file, raw pixels (`pixels`) or the student with random weights by `protocols`.
 
     `random`: BatchNorm statistics estimated on the training data, like a trained network's;
-    `random-init`: BatchNorm at its initial mean 0 / variance 1.
+    `random-init`: BatchNorm at its initial mean 0 / variance 1. `resume`: continue an interrupted
+    evaluation of the same model with the same settings from its protocols' checkpoints.
     """
     encoder = _eval_model(cfg, model)
     datasets = eval_datasets(cfg)  # a missing data set or bad settings fail here, before the run folder exists
     check_protocols(cfg, protocols, encoder is not None, datasets[0])
     transfer = transfer_datasets(cfg) if "transfer" in protocols else None
-    prepare_run_folder(out, cfg, resume=False)
+    identity = {"model": file_digest(Path(model)) if Path(model).is_file() else model,
+                "protocols": list(protocols), "settings": eval_settings(cfg)}
+    prepare_run_folder(out, cfg, resume, identity)
     return evaluate_into(cfg, encoder, model, protocols, out, datasets, transfer)
 
 
@@ -324,6 +343,8 @@ def evaluate(cfg: Config, encoder: Encoder | None, protocols: tuple[str, ...], o
     """
     L.seed_everything(cfg.seed, verbose=False)
     bank, test = datasets or eval_datasets(cfg)
+    for images in (bank, test):
+        images.record_unreadable(out)
     result = {"params": None if encoder is None else count_parameters(encoder.backbone)}
     fast_linear = cfg.eval.linear.variant in FEATURE_VARIANTS
     features = None
@@ -345,7 +366,8 @@ def evaluate(cfg: Config, encoder: Encoder | None, protocols: tuple[str, ...], o
             if fast_linear else None
         result["transfer"] = {cfg.eval.transfer.name: linear_eval(cfg, encoder, train_t, test_t, out / "transfer",
                                                                   transfer_features)}
-    return result
+    unreadable = {images.split: len(images.unreadable()) for images in (bank, test) if images.unreadable()}
+    return result | ({"unreadable_images": unreadable} if unreadable else {})  # their features are zero
 
 
 def frozen_features(cfg: Config, encoder: Encoder | None, dataset: ImageDataset) -> np.ndarray:
@@ -422,8 +444,8 @@ def run_demo(cfg: Config, out: Path, resume: bool = False) -> dict:
 
 
 def _finish_training(module: Method, trainer: L.Trainer, model: ModelConfig, cfg: Config, path: Path,
-                     summary: dict, started: float) -> Path:
-    """Save the trained encoder and results.json (rank 0); a resumed, already finished run keeps its own."""
+                     data: ImageDataset, summary: dict, started: float) -> Path:
+    """Save the trained encoder and results.json (rank 0), say so in one line; a finished run keeps its own."""
     previous = _read_json(path.parent / "results.json")
     if previous.get("steps") == trainer.global_step and path.exists():
         log.info("%s had already finished; kept its results", path.parent)
@@ -431,9 +453,14 @@ def _finish_training(module: Method, trainer: L.Trainer, model: ModelConfig, cfg
     if is_rank_zero():
         save_encoder(module.student, model, cfg.data, path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.endswith("_epoch")}
-    write_results(path.parent, {**summary, "epochs": trainer.current_epoch, "steps": trainer.global_step,
+    unreadable = len(data.unreadable())
+    write_results(path.parent, {**summary, "images": len(data), "unreadable_images": unreadable,
+                                "epochs": trainer.current_epoch, "steps": trainer.global_step,
                                 "final_metrics": metrics, "wall_time_s": round(time.perf_counter() - started, 1),
                                 "peak_memory": peak_memory_mib()})
+    skipped = f"; {unreadable} unreadable images skipped (listed in {data.unreadable_log})" if unreadable else ""
+    log.info("%s: %d epochs, %d steps in %.0f s; %s written%s", summary["stage"], trainer.current_epoch,
+             trainer.global_step, time.perf_counter() - started, path, skipped)
     return path
 
 

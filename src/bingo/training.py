@@ -6,6 +6,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import resource
 import time
 import warnings
@@ -18,9 +19,10 @@ import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from bingo.config import Config, OptimConfig, TrainerConfig, save_config
+from bingo.data.datasets import ImageDataset
 from bingo.data.order import EpochBatches
 from bingo.data.views import ImageBatches, as_batch
 from bingo.errors import Preempted, UserError
@@ -28,6 +30,7 @@ from bingo.eval.monitor import KnnMonitor
 from bingo.models.checkpoints import AtomicCheckpointIO, atomic_write
 
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+log = logging.getLogger("bingo")
 
 
 def is_rank_zero() -> bool:
@@ -166,6 +169,39 @@ class FiniteLoss(Callback):
                         "changing it)")
 
 
+class UnreadableImages(Callback):
+    """Says once which image files could not be read (another image took their place); stops the run in one line
+    when more than `max_fraction` of `images` could not be read. Checked every `every` steps and at epoch ends.
+    """
+
+    def __init__(self, images: ImageDataset, max_fraction: float, every: int):
+        self.images, self.max_fraction, self.every = images, max_fraction, max(1, every)
+        self.reported: set[int] = set()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: object, batch: tuple,
+                           batch_idx: int) -> None:
+        """Check every `every` steps."""
+        if (batch_idx + 1) % self.every == 0:
+            self.check()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Check at the end of each epoch."""
+        self.check()
+
+    def check(self) -> None:
+        """Report the newly found unreadable images; refuse to go on past the allowed fraction."""
+        found = self.images.unreadable()
+        for index in sorted(found.keys() - self.reported):
+            if is_rank_zero():
+                log.warning("skipped an image that cannot be read: %s; another image takes its place", found[index])
+        self.reported |= found.keys()
+        if len(found) > self.max_fraction * len(self.images):
+            first = found[min(found)]
+            raise UserError(f"{len(found)} of {len(self.images)} images cannot be read, more than data.max_bad_images="
+                            f"{self.max_fraction:g} of them (listed in {self.images.unreadable_log}; the first: "
+                            f"{first}); repair or remove them, or raise data.max_bad_images")
+
+
 class RunCheckpoint(Checkpoint):
     """checkpoints/last.ckpt at every epoch end, every `every_minutes` within an epoch, and when SIGTERM stops the run.
 
@@ -214,15 +250,18 @@ class RunCheckpoint(Checkpoint):
         return {"epoch": epoch, "batches": batches, "rng": rng_states()}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Keep the stored position and generators for the start of training."""
+        """Continue the training order where it stopped; keep the generators' states for the start of training.
+
+        (Lightning may start the data loader's workers, which read ahead in the order, before training starts.)
+        """
+        if self.order is not None:
+            self.order.resume(state_dict["epoch"], state_dict["batches"])
         self.restored = state_dict
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """On resume: continue the training order, the schedule and the random draws where they stopped."""
+        """On resume: continue the schedule and the random draws where they stopped."""
         if self.restored is None:
             return
-        if self.order is not None:
-            self.order.resume(self.restored["epoch"], self.restored["batches"])
         catch_up_schedules(trainer)
         set_rng_states(self.restored["rng"])
         self.restored = None
@@ -311,35 +350,43 @@ def _logger(name: str, out: Path) -> object:
 
 
 def fit(module: L.LightningModule, dataset: Dataset, cfg: Config, optim: OptimConfig, out: Path,
-        resume: bool) -> L.Trainer:
+        resume: bool, monitor: bool = True, drop_last: bool = True) -> L.Trainer:
     """Train `module` on `dataset` for optim.epochs, resuming from the last checkpoint if asked.
 
-    Logs throughput, and the online kNN monitor when cfg.monitor.every_n_epochs is set; checkpoints
-    as `RunCheckpoint` says.
+    Logs throughput, and the online kNN monitor when `monitor` and cfg.monitor.every_n_epochs are set;
+    checkpoints as `RunCheckpoint` says. `drop_last`: train on full batches only.
     """
     checkpoint = out / LAST_CHECKPOINT
     finite = FiniteLoss(cfg.trainer.log_every_n_steps, checkpoint)
     callbacks: list[Callback] = [Throughput(cfg.trainer.log_every_n_steps), finite]
-    if cfg.monitor.every_n_epochs > 0:
+    images: ImageDataset | None = getattr(dataset, "base", None)  # the images behind views (not for features)
+    if images is not None:
+        images.record_unreadable(out)
+        callbacks.append(UnreadableImages(images, cfg.data.max_bad_images, cfg.trainer.log_every_n_steps))
+    if monitor and cfg.monitor.every_n_epochs > 0:
         callbacks.append(KnnMonitor(cfg))
     saver = RunCheckpoint(checkpoint, cfg.trainer.checkpoint_every_minutes, guards=[finite.check])
     trainer = make_trainer(cfg, optim.epochs, out, [*callbacks, saver], own_order=True)
     processes = trainer.world_size
     if optim.batch_size % processes:
         raise UserError(f"batch size {optim.batch_size} does not split over {processes} processes")
-    if len(dataset) < optim.batch_size:
+    if drop_last and len(dataset) < optim.batch_size:
         raise UserError(f"the data set has {len(dataset)} images, fewer than one batch ({optim.batch_size}); "
                         "lower the batch size")
-    saver.order = EpochBatches(len(dataset), optim.batch_size // processes, cfg.seed, trainer.global_rank, processes)
-    workers = 0 if isinstance(dataset, ImageBatches) else cfg.data.num_workers  # in memory: one indexing a batch
+    saver.order = EpochBatches(len(dataset), max(1, optim.batch_size // processes), cfg.seed, trainer.global_rank,
+                               processes, drop_last)
+    in_memory = isinstance(dataset, ImageBatches | TensorDataset)  # one indexing a batch: no loader process
+    workers = 0 if in_memory else cfg.data.num_workers
     loader = DataLoader(dataset, batch_sampler=saver.order, num_workers=workers, persistent_workers=workers > 0,
                         pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(cfg.seed),
                         collate_fn=as_batch if isinstance(dataset, ImageBatches) else None)
     resume_from = newest_checkpoint(out) if resume else None
     if resume_from and is_rank_zero():
         keep_metrics(out / "logs")
-    with warnings.catch_warnings():  # the order is resumable through RunCheckpoint, which Lightning cannot see
+    with warnings.catch_warnings():
+        # the order is resumable through RunCheckpoint, which Lightning cannot see; earlier metrics are kept aside
         warnings.filterwarnings("ignore", "You're resuming from a checkpoint that ended before the epoch ended")
+        warnings.filterwarnings("ignore", "Experiment logs directory .* exists and is not empty")
         try:
             trainer.fit(module, loader, ckpt_path=resume_from)
         except SIGTERMException:
@@ -348,6 +395,21 @@ def fit(module: L.LightningModule, dataset: Dataset, cfg: Config, optim: OptimCo
     if resume_from and is_rank_zero():
         merge_metrics(out / "logs")
     return trainer
+
+
+def check_resumable(out: Path, module: L.LightningModule) -> None:
+    """Refuse, before anything is written, to resume a run whose newest checkpoint does not fit `module`."""
+    path = newest_checkpoint(out)
+    if path is None:
+        return
+    stored, own = AtomicCheckpointIO().load_checkpoint(str(path))["state_dict"], module.state_dict()
+    differ = sorted(own.keys() ^ stored.keys()) + \
+        sorted(k for k in own.keys() & stored.keys() if own[k].shape != stored[k].shape)
+    if differ:
+        shown = ", ".join(differ[:3]) + (f" (+{len(differ) - 3} more)" if len(differ) > 3 else "")
+        raise UserError(f"cannot resume {out}: its checkpoint {path.name} was made with other networks or queue "
+                        f"sizes ({shown} differ); resume with the settings of {out / 'config.yaml'}, or choose "
+                        "another --out")
 
 
 def newest_checkpoint(out: Path) -> Path | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -19,7 +20,7 @@ from bingo.data.datasets import ImageDataset
 from bingo.data.transforms import eval_transform, moco_v2_transform
 from bingo.data.views import ImageBatches, Views, as_batch
 from bingo.errors import UserError
-from bingo.models.checkpoints import atomic_write
+from bingo.models.checkpoints import ARRAY_ERRORS, array_error, atomic_write
 from bingo.models.encoder import Encoder
 from bingo.training import lightning_precision
 
@@ -67,9 +68,11 @@ class _RowWriter(BasePredictionWriter):
     images); rank 0 renames it into place once all ranks are done, so a reader never sees half a file.
     """
 
-    def __init__(self, shape: tuple[int, ...], dtype: str, path: Path | None, column: int = 0):
+    def __init__(self, shape: tuple[int, ...], dtype: str, path: Path | None, column: int = 0,
+                 blank: Callable[[], list[int]] = list):
         super().__init__("batch")
         self.shape, self.dtype, self.path, self.column = shape, dtype, path, column
+        self.blank = blank  # the rows left at zero: images that could not be read (another one took their place)
         self.rows: np.ndarray | None = None if path else np.empty(shape, dtype)
         self.tmp = None if path is None else path.with_name(f".{path.name}.partial")
 
@@ -89,13 +92,20 @@ class _RowWriter(BasePredictionWriter):
         self.rows[indices.cpu().numpy()] = outputs[self.column].cpu().numpy().astype(self.dtype)
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Flush; rank 0 moves the complete file into place."""
+        """Blank the rows of unreadable images; flush; rank 0 moves the complete file into place."""
         if self.path is None:
+            self.rows[self.blank()] = 0
             return
         self.rows.flush()
         self.rows = None
         trainer.strategy.barrier("features-written")
         if trainer.is_global_zero:
+            blank = self.blank()
+            if blank:
+                rows = np.load(self.tmp, mmap_mode="r+")
+                rows[blank] = 0
+                rows.flush()
+                del rows
             os.replace(self.tmp, self.path)
 
 
@@ -111,7 +121,7 @@ def extract_features(encoder: Encoder, dataset: ImageDataset, data: DataConfig, 
                         num_workers=data.num_workers)
     was_training = encoder.training
     (rows,) = predict_rows(_Embedder(encoder.eval()), loader, [((len(dataset), encoder.feature_dim), dtype, path)],
-                           run, progress)
+                           run, progress, blank=lambda: sorted(dataset.unreadable()))
     encoder.train(was_training)
     return rows
 
@@ -133,16 +143,16 @@ def teacher_views(teacher: Encoder, layer: str, dataset: ImageDataset, data: Dat
 
 
 def predict_rows(module: L.LightningModule, loader: DataLoader, columns: list[tuple[tuple[int, ...], str, Path | None]],
-                 run: TrainerConfig | None, progress: bool) -> list[np.ndarray]:
+                 run: TrainerConfig | None, progress: bool, blank: Callable[[], list[int]] = list) -> list[np.ndarray]:
     """Run `module.predict_step` over `loader`; output i of its (outputs, indices) fills array i of `columns`.
 
     Each column is (shape, dtype, path). With a path, the array is written to that `.npy` file by every
     process of a distributed job (`run` says which devices) and returned memory-mapped; without, it is
-    computed by this process and returned in memory.
+    computed by this process and returned in memory. The rows `blank` lists at the end are zero.
     """
     run = run or TrainerConfig(accelerator="auto", devices=1)
     on_disk = all(path is not None for _, _, path in columns)
-    writers = [_RowWriter(shape, dtype, path, i) for i, (shape, dtype, path) in enumerate(columns)]
+    writers = [_RowWriter(shape, dtype, path, i, blank) for i, (shape, dtype, path) in enumerate(columns)]
     trainer = L.Trainer(accelerator=run.accelerator, devices=run.devices if on_disk else 1,
                         num_nodes=run.num_nodes if on_disk else 1, strategy=run.strategy if on_disk else "auto",
                         precision=lightning_precision(run), logger=False, callbacks=writers,
@@ -197,7 +207,16 @@ def write_features_meta(path: Path, meta: dict) -> None:
 def read_features_meta(path: Path) -> dict:
     """The .json description of a features file ({} for features computed elsewhere)."""
     sidecar = Path(path).with_suffix(".json")
-    return json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    if not sidecar.is_file():
+        return {}
+    refusal, fix = f"{sidecar} is not the description of a features file", "delete it or compute the features again"
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (OSError, ValueError) as err:  # UnicodeDecodeError is a ValueError
+        raise UserError(f"{refusal} ({str(err).splitlines()[0]}); {fix}") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{refusal} (not a JSON object); {fix}")
+    return meta
 
 
 def load_features(path: Path, dataset: dict) -> tuple[np.ndarray, dict]:
@@ -206,11 +225,13 @@ def load_features(path: Path, dataset: dict) -> tuple[np.ndarray, dict]:
         raise UserError(f"features file {path} does not exist; compute it with 'bingo embed'")
     try:
         features = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path} is not a .npy array ({err})") from None
+        if not isinstance(features, np.ndarray):
+            raise ValueError("an .npz archive, not one array")
+    except ARRAY_ERRORS as err:
+        raise UserError(f"{path} is not a .npy array ({array_error(err)}); compute it with 'bingo embed'") from None
     if features.ndim != 2 or features.dtype not in (np.float16, np.float32):
         raise UserError(f"{path} holds a {features.dtype} array of shape {features.shape}; "
-                        "features must be (images, dim) float32 or float16")
+                        "features must be (images, dim) float32 or float16: compute them with 'bingo embed'")
     if len(features) != dataset["size"]:
         raise UserError(f"{path} has features of {len(features)} images, but the data set has {dataset['size']}; "
                         "compute them on the same data set (same data.* settings)")
@@ -219,7 +240,8 @@ def load_features(path: Path, dataset: dict) -> tuple[np.ndarray, dict]:
         raise UserError(f"{path} was computed on another data set ({meta['dataset']}) than this run's "
                         f"({dataset}); recompute it with 'bingo embed'")
     norms = np.linalg.norm(np.asarray(features[:1000], dtype=np.float32), axis=1)
-    if np.abs(norms - 1).max() > 1e-2:
+    norms = np.delete(norms, [i for i in meta.get("unreadable", []) if i < len(norms)])  # zero rows: no image
+    if len(norms) and np.abs(norms - 1).max() > 1e-2:
         raise UserError(f"the rows of {path} are not L2-normalised (norms {norms.min():.3g} to {norms.max():.3g}); "
                         "normalise them first")
     return features, meta

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from bingo.errors import UserError
-from bingo.models.checkpoints import atomic_write
+from bingo.models.checkpoints import ARRAY_ERRORS, array_error, atomic_write
 
 BAG_FORMAT = "bingo-bags/2"
 
@@ -151,22 +151,33 @@ def save_bags(path: Path, bags: Bags) -> None:
 
 
 def load_bags(path: Path) -> Bags:
-    """Bags from a bag file; one clear line when the file is missing or not a bag file."""
+    """Bags from a bag file; one clear line when the file is missing, not a bag file, or not one bag per image."""
     path = Path(path)
+    fix = "rebuild it with 'bingo bags'"
     if not path.is_file():
         raise UserError(f"bag file {path} does not exist; build it with 'bingo bags'")
     try:
-        with np.load(path, allow_pickle=False) as stored:
+        stored = np.load(path, allow_pickle=False)
+        if not isinstance(stored, np.lib.npyio.NpzFile):
+            raise ValueError("a single array, not an .npz archive")
+        with stored:
             meta = json.loads(str(stored["meta"]))
             if meta.get("format") != BAG_FORMAT or meta.get("kind") not in KINDS:
-                raise UserError(f"{path} is not a {BAG_FORMAT} bag file (format {meta.get('format')!r}); "
-                                "rebuild it with 'bingo bags'")
+                raise UserError(f"{path} is not a {BAG_FORMAT} bag file (format {meta.get('format')!r}); {fix}")
             kind = KINDS[meta["kind"]]
-            arrays = [stored[name] for name in kind.arrays]
-    except (OSError, ValueError, KeyError) as err:
-        raise UserError(f"{path} is not a bingo bag file ({err})") from None
-    first, second = arrays
-    return kind(first, meta, second)
+            first, second = (stored[name] for name in kind.arrays)
+            images = meta["dataset"]["size"]
+    except (*ARRAY_ERRORS, KeyError, TypeError, AttributeError) as err:  # also a meta that is no JSON object
+        raise UserError(f"{path} is not a bingo bag file ({array_error(err)}); {fix}") from None
+    members, lowest = (first, 0) if kind is NeighbourBags else (second, -1)  # dataset indices; -1: no fallback
+    if first.shape != second.shape or first.ndim != (2 if kind is NeighbourBags else 1) or len(first) != images \
+            or members.dtype.kind not in "iu" or members.size and not lowest <= members.min() <= members.max() < images:
+        raise UserError(f"{path} is not a bingo bag file (its {kind.arrays[0]} {first.shape} are not one bag of "
+                        f"image indices for each of the {images} images it names); {fix}")
+    try:
+        return kind(first, meta, second)
+    except ValueError as err:  # a group bag of one image without a fallback
+        raise UserError(f"{path} is not a bingo bag file ({err}); {fix}") from None
 
 
 def check_bags(path: Path, bags: Bags, dataset: dict, expected: dict) -> None:

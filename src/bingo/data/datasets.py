@@ -24,6 +24,8 @@ from bingo.errors import UserError
 SPLITS = ("train", "labeled", "test")  # train: all images usable without labels; labeled: train images with labels
 FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 SUBSET_SEED = 0  # subsets do not depend on the run's seed, so all runs see the same images
+UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  # what PIL raises for a bad file
+SUBSTITUTES = 100  # images tried in place of an unreadable one before the folder is deemed unreadable
 
 
 class ImageDataset(Dataset, abc.ABC):
@@ -33,6 +35,23 @@ class ImageDataset(Dataset, abc.ABC):
         self.name, self.split, self.mode = name, split, mode
         self.labels = np.asarray(labels, dtype=np.int64)
         self._ids = ids
+        self.unreadable_log: Path | None = None  # where images that cannot be read are recorded, by every process
+
+    def record_unreadable(self, folder: Path) -> None:
+        """Record the images that cannot be read in `folder`/unreadable-SPLIT.tsv (index, file, reason).
+
+        A data set decoded into a cache keeps the record made when it was decoded.
+        """
+        if self.unreadable_log is None:
+            self.unreadable_log = Path(folder) / f"unreadable-{self.split}.tsv"
+
+    def unreadable(self) -> dict[int, str]:
+        """The images found unreadable so far, by every process: index -> 'file (reason)'."""
+        if self.unreadable_log is None or not self.unreadable_log.is_file():
+            return {}
+        lines = self.unreadable_log.read_text(errors="replace").splitlines()
+        return {int(index): f"{file} ({reason})" for index, file, reason in
+                (line.split("\t", 2) for line in lines if line.count("\t") >= 2)}
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -105,9 +124,30 @@ class FileImages(ImageDataset):
         super().__init__(name, split, labels, mode, "\n".join(files).encode())
 
     def image(self, index: int) -> Image.Image:
-        """The image at `index`, in the configured channel mode."""
+        """The image at `index` in the configured channel mode; if it cannot be read, it is recorded and the next
+        readable image takes its place."""
+        for offset in range(SUBSTITUTES):
+            candidate = (index + offset) % len(self)
+            try:
+                return self.read(candidate)
+            except UNREADABLE as err:
+                self._record(candidate, err)
+        raise UserError(f"{SUBSTITUTES} images in a row from {self.root / self.files[index]} on cannot be read as "
+                        "images; check data.root")
+
+    def read(self, index: int) -> Image.Image:
+        """The image at `index` in the configured channel mode; raises what PIL raises for a file it cannot read."""
         with Image.open(self.root / self.files[index]) as img:
             return img.convert(self.mode)
+
+    def _record(self, index: int, err: Exception) -> None:
+        """Append one line for an unreadable image to the log (each line written whole, so processes can share it)."""
+        if self.unreadable_log is None:
+            return
+        path = self.root / self.files[index]
+        reason = " ".join(f"{type(err).__name__}: {err}".replace(f"'{path}'", "the file").split())
+        with open(self.unreadable_log, "a") as log:
+            log.write(f"{index}\t{self.files[index]}\t{reason}\n")
 
     def subset(self, indices: np.ndarray) -> FileImages:
         """The images at `indices`, in that order."""
@@ -245,10 +285,13 @@ def decoded(images: FileImages, folder: Path, side: int, workers: int) -> ArrayI
     from torch.utils.data import DataLoader
 
     path = folder / f"{images.split}-{images.identity['fingerprint']}-{side}{images.mode}.npy"
+    unreadable = path.with_suffix(".unreadable.tsv")  # the images that could not be read, if any
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         channels = 1 if images.mode == "L" else 3
         partial = path.with_name(f".{path.name}.{os.getpid()}.partial")  # processes of one job decode side by side
+        images.unreadable_log = partial.with_suffix(".unreadable.tsv")  # an unreadable image: the next one's pixels
+        images.unreadable_log.unlink(missing_ok=True)
         rows = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(images), side, side, channels))
         loader = DataLoader(_Decoder(images, side), batch_size=64, num_workers=workers)
         start = 0
@@ -257,9 +300,13 @@ def decoded(images: FileImages, folder: Path, side: int, workers: int) -> ArrayI
             start += len(batch)
         rows.flush()
         del rows
+        if images.unreadable_log.is_file():
+            os.replace(images.unreadable_log, unreadable)
         os.replace(partial, path)
     pixels = np.load(path, mmap_mode="r")
-    return ArrayImages(images.name, images.split, pixels, images.labels, images.mode, images._ids)
+    array = ArrayImages(images.name, images.split, pixels, images.labels, images.mode, images._ids)
+    array.unreadable_log = unreadable
+    return array
 
 
 def _generated(cfg: DataConfig, split: str, mode: str) -> ImageDataset:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from bingo.config import AugmentConfig, DataConfig, to_dict
 from bingo.errors import UserError
+from bingo.models.checkpoints import ARRAY_ERRORS, array_error
 
 CACHE_FORMAT = "bingo-teacher-cache/1"
 LAYERS = ("embedding", "features")  # the teacher's normalised embeddings, or its pooled backbone features
@@ -81,8 +82,10 @@ def load_teacher_outputs(path: Path, dataset: dict, augment: dict, teacher: str 
         meta = json.loads(meta_path.read_text())
         outputs = np.load(path, mmap_mode="r", allow_pickle=False)
         params = np.load(params_path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise UserError(f"teacher cache {path} cannot be read ({str(err).splitlines()[0]}); {fix}") from None
+        if not isinstance(outputs, np.ndarray) or not isinstance(params, np.ndarray):
+            raise ValueError("an .npz archive, not one array")
+    except ARRAY_ERRORS as err:
+        raise UserError(f"teacher cache {path} cannot be read ({array_error(err)}); {fix}") from None
     if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT:
         raise UserError(f"{meta_path} does not describe a teacher cache; {fix}")
     if outputs.ndim != 3 or outputs.dtype != np.float16 or list(outputs.shape) != meta.get("shape") \

@@ -31,16 +31,18 @@ def batch_generator(indices: list[int]) -> torch.Generator | None:
 
 
 class EpochBatches(Sampler[SeededBatch]):
-    """This process's batches of one epoch of `size` samples (full batches only), resumable within the epoch.
+    """This process's batches of one epoch of `size` samples, resumable within the epoch.
 
-    Lightning calls `set_epoch` at each epoch start; `resume(epoch, batches)` skips the batches an
-    interrupted run had trained on in that epoch.
+    Full batches only unless `drop_last` is False (then a last, smaller batch too). Lightning calls
+    `set_epoch` at each epoch start; `resume(epoch, batches)` skips the batches an interrupted run had
+    trained on in that epoch.
     """
 
-    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, processes: int = 1):
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, processes: int = 1,
+                 drop_last: bool = True):
         if not 0 <= rank < processes:
             raise ValueError(f"rank {rank} of {processes} processes")
-        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.size, self.batch_size, self.seed, self.drop_last = size, batch_size, seed, drop_last
         self.rank, self.processes = rank, processes
         self.epoch, self.skip = 0, 0  # skip: batches of `epoch` already trained on
 
@@ -51,7 +53,8 @@ class EpochBatches(Sampler[SeededBatch]):
 
     def __len__(self) -> int:
         """Batches per epoch for this process (the whole epoch, also when resumed within it)."""
-        return self.size // self.processes // self.batch_size
+        share = self.size // self.processes
+        return share // self.batch_size if self.drop_last else -(-share // self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         """Start `epoch` (from its first batch, unless it is the epoch a resume stopped in)."""

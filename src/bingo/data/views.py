@@ -14,7 +14,24 @@ from bingo.data.keys import TeacherOutputs
 from bingo.data.order import batch_generator
 
 
-class Views(Dataset):
+class SeededItems(Dataset):
+    """A data set of per-image samples whose random draws, for a batch that carries a seed, come from that seed.
+
+    (`order.SeededBatch`: the sample a resumed run loads is the one it would have had, whichever
+    process loads it and however far the loader had read ahead.)
+    """
+
+    def __getitems__(self, indices: list[int]) -> list:
+        """The samples of one batch."""
+        seed = getattr(indices, "seed", None)
+        if seed is None:
+            return [self[i] for i in indices]
+        with torch.random.fork_rng(devices=[]):  # torch's global generator is left as it was
+            torch.manual_seed(seed)
+            return [self[i] for i in indices]
+
+
+class Views(SeededItems):
     """Each image as `n_views` independent draws of `transform`: (views, label, index)."""
 
     def __init__(self, base: ImageDataset, transform: Callable, n_views: int):
@@ -28,7 +45,7 @@ class Views(Dataset):
         return [self.transform(image) for _ in range(self.n_views)], int(self.base.labels[index]), index
 
 
-class BagViews(Dataset):
+class BagViews(SeededItems):
     """BINGO's sample: an anchor and a positive drawn uniformly from its bag (never the anchor itself).
 
     Returns ([t1(a), t2(a), t3(p), t4(p)], label of a, index of a, index of p).
@@ -50,7 +67,7 @@ class BagViews(Dataset):
         return views, int(self.base.labels[index]), index, positive
 
 
-class Labeled(Dataset):
+class Labeled(SeededItems):
     """Each image once through `transform`, with its label: (image, label), for supervised protocols."""
 
     def __init__(self, base: ImageDataset, transform: Callable):

@@ -13,14 +13,14 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from bingo.config import Config
+from bingo.config import Config, OptimConfig
 from bingo.data.datasets import ImageDataset
 from bingo.data.transforms import eval_transform, linear_train_transform
 from bingo.data.views import Labeled
 from bingo.errors import UserError
 from bingo.methods.base import freeze, lr_factor
 from bingo.models.encoder import Encoder
-from bingo.training import make_trainer
+from bingo.training import LAST_CHECKPOINT, fit, is_rank_zero
 
 LINEAR_VARIANTS = ("paper", "fast", "lbfgs")
 FEATURE_VARIANTS = ("fast", "lbfgs")  # the variants that train on pre-extracted features
@@ -83,13 +83,18 @@ class Classifier(L.LightningModule):
 
 def train_and_test(classifier: Classifier, train: Dataset, test: Dataset, cfg: Config, epochs: int,
                    batch_size: int, out: Path) -> dict[str, float]:
-    """Fit `classifier` on `train` (losses logged into `out`), then its top-1 / top-5 accuracy (%) on `test`."""
-    trainer = make_trainer(cfg, epochs, out)
+    """Fit `classifier` on `train`, then its top-1 / top-5 accuracy (%) on `test`.
+
+    Logs and checkpoints go into `out`; a checkpoint found there (an interrupted evaluation) is resumed,
+    and removed once the accuracy is known.
+    """
+    trainer = fit(classifier, train, cfg, OptimConfig(epochs=epochs, batch_size=batch_size), out, resume=True,
+                  monitor=False, drop_last=False)
     per_process = max(1, batch_size // trainer.world_size)
-    workers = 0 if isinstance(train, TensorDataset) else cfg.data.num_workers  # features in memory need no loader
-    trainer.fit(classifier, DataLoader(train, batch_size=per_process, shuffle=True, num_workers=workers,
-                                       persistent_workers=workers > 0))
+    workers = 0 if isinstance(test, TensorDataset) else cfg.data.num_workers  # features in memory need no loader
     result = trainer.test(classifier, DataLoader(test, batch_size=per_process, num_workers=workers), verbose=False)
+    if is_rank_zero():
+        (out / LAST_CHECKPOINT).unlink(missing_ok=True)
     return {"top1": 100 * float(result[0]["test/top1"]), "top5": 100 * float(result[0]["test/top5"])}
 
 

@@ -61,18 +61,25 @@ def label_subsets(cfg: Config, train: ImageDataset, out: Path) -> dict[str, np.n
 
 
 def _read_subsets(path: Path, dataset: dict) -> dict:
-    """A subsets.json, checked to be drawn from `dataset`."""
+    """A subsets.json, checked to be drawn from `dataset` and to hold indices of its images only."""
+    fix = "pass the subsets.json of an earlier 'bingo eval semi'"
     if not path.is_file():
-        raise UserError(f"subset file {path} does not exist; pass the subsets.json of an earlier 'bingo eval semi'")
+        raise UserError(f"subset file {path} does not exist; {fix}")
     try:
         stored = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path} is not a subset file (not JSON: {err})") from None
-    if not isinstance(stored, dict) or stored.get("format") != SUBSETS_FORMAT:
-        raise UserError(f"{path} is not a subset file ({SUBSETS_FORMAT}); pass the subsets.json of 'bingo eval semi'")
-    if stored["dataset"] != dataset:
-        raise UserError(f"{path} was drawn from another data set ({stored['dataset']}) than this run's "
+        raise UserError(f"{path} is not a subset file (not JSON: {err}); {fix}") from None
+    if not isinstance(stored, dict) or stored.get("format") != SUBSETS_FORMAT \
+            or not isinstance(stored.get("subsets"), dict):
+        raise UserError(f"{path} is not a subset file ({SUBSETS_FORMAT}); {fix}")
+    if stored.get("dataset") != dataset:
+        raise UserError(f"{path} was drawn from another data set ({stored.get('dataset')}) than this run's "
                         f"labeled split ({dataset}); use the same data.* settings or draw new subsets")
+    size = dataset["size"]
+    for name, indices in stored["subsets"].items():
+        if not isinstance(indices, list) or not all(type(i) is int and 0 <= i < size for i in indices):
+            raise UserError(f"{path} is not a subset file of this data set (subset {name} holds other than indices "
+                            f"0 to {size - 1} of its {size} images); {fix}, or draw new subsets")
     return stored
 
 

@@ -1,7 +1,8 @@
 """Encoder files in and out: bingo's safetensors, the other projects' checkpoints (layouts.py), atomic saves.
 
 Checkpoints are untrusted input: they load through safetensors or `torch.load(weights_only=True)`,
-and a file that would need arbitrary code to unpickle is refused.
+and a file that would need arbitrary code to unpickle is refused. A file that is no checkpoint (or
+no array, for the loaders of .npy and .npz files) is refused in one line naming it and what to pass.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import json
 import os
 import pickle
 import tempfile
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,9 @@ from bingo.models.encoder import Encoder
 
 ENCODER_FORMAT = "bingo-encoder/1"
 DATA_KEYS = ("name", "channels", "image_size", "mean", "std")
+ENCODER_FILES = "an encoder file from 'bingo pretrain' or 'bingo distill', or a checkpoint docs/models.md lists"
+TORCH_FILES = "pass a .pth/.pth.tar/.ckpt saved by torch.save or a .safetensors file"
+ARRAY_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)  # np.load on a file that is no array
 
 
 def atomic_write(path: Path, write: Any) -> None:
@@ -41,6 +47,12 @@ def atomic_write(path: Path, write: Any) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def array_error(err: Exception) -> str:
+    """Why np.load refused a file, in a few words (not numpy's advice to unpickle it)."""
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return "no NumPy header" if "pickled" in text else text
 
 
 def save_encoder(encoder: Encoder, model: ModelConfig, data: DataConfig, path: Path) -> None:
@@ -60,7 +72,7 @@ def encoder_info(path: Path) -> tuple[ModelConfig, dict] | None:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
     except (SafetensorError, OSError) as err:
-        raise UserError(f"cannot read {path}: {err}") from None
+        raise UserError(f"{path} is not a safetensors file ({err}); pass {ENCODER_FILES}") from None
     if meta.get("format") != ENCODER_FORMAT:
         return None
     arch = {"stem_width": 64, **json.loads(meta["model"])}  # files older than stem_width had a 64-channel stem
@@ -83,7 +95,7 @@ def load_encoder(path: str | Path, model: ModelConfig, data: DataConfig) -> Enco
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
+        raise UserError(f"checkpoint {path} does not exist; check the path, or pass {ENCODER_FILES}")
     info = encoder_info(path)
     if model.layout != "auto" and (model.layout == "bingo") != (info is not None):
         what = "a bingo encoder file" if info else "not a bingo encoder file"
@@ -99,8 +111,13 @@ def load_encoder(path: str | Path, model: ModelConfig, data: DataConfig) -> Enco
         model = dataclasses.replace(model, **layouts.head_spec(state, str(path)))
     encoder = Encoder(model, data.channels)
     width = f" of width {model.width}" if model.width != 64 else ""
-    _load_strict(encoder, state, f"{path} ({name} layout) does not fit the configured architecture "
-                                 f"({model.arch}{width})")
+    if name == "bingo":  # the file names its own architecture: its weights do not match its metadata
+        refusal, fix = (f"{path} is a damaged bingo encoder file (its weights do not fit the architecture its "
+                        f"metadata names, {model.arch}{width})", f"pass {ENCODER_FILES}")
+    else:
+        refusal, fix = (f"{path} ({name} layout) does not fit the configured architecture ({model.arch}{width})",
+                        "set teacher.arch/width (or student.*) to the checkpoint's")
+    _load_strict(encoder, state, refusal, fix)
     return encoder
 
 
@@ -117,23 +134,25 @@ def _read_checkpoint(path: Path) -> Any:
     return load_file(str(path)) if path.suffix == ".safetensors" else _torch_load(path)
 
 
-def _torch_load(path: Path) -> Any:
+def _torch_load(path: Path, fix: str = TORCH_FILES, map_location: Any = "cpu") -> Any:
+    """A torch file read with weights_only; one line ending in `fix` when it is none."""
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):  # DINO and timm keep their arguments
-            return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            # DINO and timm keep their arguments in a Namespace; another program's pickle is refused below
+            warnings.filterwarnings("ignore", "Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         if "Unsupported operand" not in str(err):  # a pickle that names code to run
             raise UserError(f"{path} needs arbitrary code to unpickle and was refused; "
                             "convert it to a plain state dict or safetensors") from None
-        raise UserError(f"cannot read checkpoint {path} (its bytes are no pickle): it is not a PyTorch checkpoint; "
-                        "pass a .pth/.pth.tar/.ckpt saved by torch.save or a .safetensors file") from None
+        raise UserError(f"cannot read checkpoint {path} (no pickle torch.save wrote): it is not a PyTorch checkpoint; "
+                        f"{fix}") from None
     except Exception as err:  # noqa: BLE001 - a text file or another program's bytes fail anywhere in the unpickler
-        reason = f"{type(err).__name__}: {str(err).splitlines()[0]}" if str(err) else type(err).__name__
-        raise UserError(f"cannot read checkpoint {path} ({reason}): it is not a PyTorch checkpoint; pass a "
-                        ".pth/.pth.tar/.ckpt saved by torch.save or a .safetensors file") from None
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0].split('. ')[0]}" if str(err) else type(err).__name__
+        raise UserError(f"cannot read checkpoint {path} ({reason}): it is not a PyTorch checkpoint; {fix}") from None
 
 
-def _load_strict(encoder: Encoder, state: dict[str, torch.Tensor], refusal: str) -> None:
+def _load_strict(encoder: Encoder, state: dict[str, torch.Tensor], refusal: str, fix: str) -> None:
     own = encoder.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -143,7 +162,7 @@ def _load_strict(encoder: Encoder, state: dict[str, torch.Tensor], refusal: str)
             return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
         parts = [f"{len(keys)} {what}: {few(keys)}" for what, keys in
                  (("missing", missing), ("unexpected", unexpected), ("of another shape", mismatched)) if keys]
-        raise UserError(f"{refusal}; keys " + "; ".join(parts))
+        raise UserError(f"{refusal}; keys " + "; ".join(parts) + f"; {fix}")
     encoder.load_state_dict(state)
 
 
@@ -155,5 +174,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
 
     def load_checkpoint(self, path: str, map_location: Any = None, weights_only: bool | None = None) -> dict:
-        """Read a Lightning checkpoint without executing pickled code."""
-        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        """Read a Lightning checkpoint without executing pickled code; one line when it is none (--resume)."""
+        fix = "move it away to train the run again from the start with --resume, or choose another --out"
+        checkpoint = _torch_load(Path(path), fix, map_location or "cpu")
+        if not isinstance(checkpoint, dict) or "pytorch-lightning_version" not in checkpoint:
+            raise UserError(f"{path} is not a Lightning checkpoint (it holds no training state); {fix}")
+        return checkpoint
