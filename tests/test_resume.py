@@ -19,22 +19,23 @@ STEPS_PER_EPOCH = TRAIN_SIZE // BATCH
 EPOCHS = 2
 
 # Runs `bingo ARGS` in this process and sends it SIGNAL at the end of the hook HOOK of the step STEP
-# (its global step before the hook), before that point's checkpoint is written.
+# (its global step before the hook), before that point's checkpoint is written; SIGNALS: STEP:SIGNAL,...
 STOPPING_RUN = textwrap.dedent("""
     import os, signal, sys
     import bingo.training as training
     from bingo.cli import main
 
-    hook, step, signum = sys.argv[1], int(sys.argv[2]), getattr(signal, sys.argv[3])
+    hook = sys.argv[1]
+    signals = {int(step): getattr(signal, name) for step, name in (pair.split(":") for pair in sys.argv[2].split(","))}
     original = getattr(training.Throughput, hook)
 
     def stop_at(self, trainer, *args):
         original(self, trainer, *args)
-        if trainer.global_step == step:
-            os.kill(os.getpid(), signum)
+        if trainer.global_step in signals:
+            os.kill(os.getpid(), signals.pop(trainer.global_step))
 
     setattr(training.Throughput, hook, stop_at)
-    sys.exit(main(sys.argv[4:]))
+    sys.exit(main(sys.argv[3:]))
 """)
 
 
@@ -43,9 +44,10 @@ def distill_args(chain, out, *extra: str) -> list[str]:
             "--out", str(out), *tiny_sets(f"distill.optim.epochs={EPOCHS}", *extra)]
 
 
-def stopped_run(hook: str, step: int, signum: str, args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-c", STOPPING_RUN, hook, str(step), signum, *args],
+def stopped_run(hook: str, step: int, signum: str, args: list[str], env: dict | None = None,
+                more: str = "") -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-c", STOPPING_RUN, hook, f"{step}:{signum}{more}", *args],
                           capture_output=True, text=True, timeout=300, env=env)
 
 
@@ -156,3 +158,23 @@ def test_an_interrupted_linear_evaluation_resumes_to_the_same_accuracy(chain, tm
     whole, resumed = (read_json(tmp_path / name / "results.json")["rows"] for name in ("whole", "run"))
     assert resumed == whole
     assert not (tmp_path / "run" / "linear" / "checkpoints" / "last.ckpt").exists()  # removed once the result is known
+
+
+def test_on_slurm_the_requeue_signal_checkpoints_requeues_and_resume_continues_there(chain, uninterrupted, tmp_path):
+    bin_folder, requeued = tmp_path / "bin", tmp_path / "requeued"
+    bin_folder.mkdir()
+    (bin_folder / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" > {requeued}\n")  # SLURM's, as a stand-in
+    (bin_folder / "scontrol").chmod(0o755)
+    slurm = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "4242", "SLURM_PROCID": "0",
+             "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost",
+             "PATH": f"{bin_folder}:{os.environ['PATH']}"}
+    out = tmp_path / "run"
+    args = distill_args(chain, out)  # checkpoints at epoch ends only: the requeue signal's is the newest
+    stopped = stopped_run("on_train_batch_end", STEPS_PER_EPOCH + 1, "SIGUSR1", args, slurm,
+                          more=f",{STEPS_PER_EPOCH + 2}:SIGKILL")  # SLURM kills the job after its signal
+    assert stopped.returncode == -signal.SIGKILL, stopped.stderr
+    assert requeued.read_text().split() == ["requeue", "4242"]
+    (saved,) = out.glob("hpc_ckpt_*.ckpt")
+    assert torch.load(saved, weights_only=True)["global_step"] == STEPS_PER_EPOCH + 1
+    check_ok(run_cli(*args, "--resume"))
+    assert same_weights(out / "student.safetensors", uninterrupted)

@@ -215,21 +215,19 @@ class RunCheckpoint(Checkpoint):
     def __init__(self, path: Path, every_minutes: float, order: EpochBatches | None = None,
                  guards: list[Callable[[], None]] = ()):
         self.path, self.every_seconds, self.order, self.guards = path, every_minutes * 60, order, list(guards)
-        self.position = (0, 0)  # (epoch, batches of it trained on)
+        self.trainer: L.Trainer | None = None
         self.saved_at = time.monotonic()
         self.restored: dict | None = None
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: object, batch: tuple,
                            batch_idx: int) -> None:
         """Save when `every_minutes` have passed since the last save (not on an epoch's last batch)."""
-        self.position = (trainer.current_epoch, batch_idx + 1)
         due = self.every_seconds > 0 and time.monotonic() - self.saved_at >= self.every_seconds
         if due and batch_idx + 1 < trainer.num_training_batches:
             self.save(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Save at the end of every epoch."""
-        self.position = (trainer.current_epoch + 1, 0)
         self.save(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
@@ -244,10 +242,15 @@ class RunCheckpoint(Checkpoint):
         trainer.save_checkpoint(self.path)
         self.saved_at = time.monotonic()
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Keep the trainer: a checkpoint may also be written by Lightning (SLURM's requeue signal)."""
+        self.trainer = trainer
+
     def state_dict(self) -> dict:
-        """The training order's position and the random number generators' states."""
-        epoch, batches = self.position
-        return {"epoch": epoch, "batches": batches, "rng": rng_states()}
+        """The training order's position (as Lightning will resume: batches of the epoch whose step is done)
+        and the random number generators' states."""
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": self.trainer.current_epoch, "batches": progress.processed, "rng": rng_states()}
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Continue the training order where it stopped; keep the generators' states for the start of training.
