@@ -12,8 +12,11 @@ import torch
 
 import bingo.bags.files as bag_files
 import bingo.models.checkpoints as checkpoints
+from bingo.bags.features import extract_features
 from bingo.bags.files import NeighbourBags, load_bags, save_bags
+from bingo.data.datasets import build_dataset
 from bingo.models.checkpoints import AtomicCheckpointIO, save_encoder
+from bingo.models.encoder import Encoder
 from bingo.training import write_results
 from conftest import tiny_config, tiny_encoder
 
@@ -82,3 +85,23 @@ def test_a_failed_write_leaves_the_previous_file_whole(tmp_path, monkeypatch, na
                 "student.safetensors": lambda: True,
                 "last.ckpt": lambda: torch.load(path, weights_only=True)["version"] == 1}
     assert readable[name]()
+
+
+def test_a_failed_features_write_leaves_the_previous_file_whole(tmp_path, monkeypatch):
+    cfg = tiny_config()
+    data, path = build_dataset(cfg.data, "train"), tmp_path / "features.npy"
+    extract_features(tiny_encoder(), data, cfg.data, 32, cfg.trainer, path, progress=False)
+    before = path.read_bytes()
+    encoder, calls = tiny_encoder(1), []
+
+    def features_then_disk_full(images):
+        calls.append(1)
+        if len(calls) == 2:  # the second batch: the first one's rows are already written
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return Encoder.features(encoder, images)
+
+    monkeypatch.setattr(encoder, "features", features_then_disk_full)
+    with pytest.raises(OSError, match="No space"):
+        extract_features(encoder, data, cfg.data, 32, cfg.trainer, path, progress=False)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["features.npy"]  # no partial file left behind

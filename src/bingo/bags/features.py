@@ -91,6 +91,12 @@ class _RowWriter(BasePredictionWriter):
         outputs, indices = prediction
         self.rows[indices.cpu().numpy()] = outputs[self.column].cpu().numpy().astype(self.dtype)
 
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """A failed run leaves no partial file behind (and a complete file from before untouched)."""
+        self.rows = None
+        if self.tmp is not None and trainer.is_global_zero:
+            self.tmp.unlink(missing_ok=True)
+
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Blank the rows of unreadable images; flush; rank 0 moves the complete file into place."""
         if self.path is None:
