@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The two linear protocols on the same models: `fast` (a linear layer on pre-extracted features of the
-# evaluation crops) and `paper` (augmented images through the frozen backbone, method.md §3).
+# evaluation crops) and `paper` (augmented images through the frozen backbone, BINGO's protocol, arXiv 2107.01691).
 # usage: benchmarks/linear_agreement.sh DEMO_RUN OUT [PAPER_EPOCHS]   (DEMO_RUN: a finished `bingo demo` folder)
 #   VARIANTS="fast paper paper_lr0.3" also runs the paper protocol at learning rate 0.3 (per 256 images)
 # Writes OUT/<model>-<variant>/results.json per evaluation and OUT/agreement.json with every accuracy.

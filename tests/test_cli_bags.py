@@ -141,3 +141,11 @@ def test_label_and_random_bags_need_no_network(tmp_path, capsys, bingo_logger_gu
         assert result["source"] == {"kind": "none"} and "similarity" not in result["report"]
         assert (out / "montage.png").is_file() and not (out / "features.npy").exists()
     assert read_json(tmp_path / "labels" / "results.json")["report"]["purity"] == 1.0
+
+
+def test_features_are_written_with_the_progress_bar_on(chain, tmp_path):
+    cfg = tiny_config()
+    teacher = load_encoder(chain.teacher, cfg.teacher, cfg.data)
+    data = build_dataset(cfg.data, "train")
+    written = extract_features(teacher, data, cfg.data, 32, cfg.trainer, tmp_path / "features.npy", progress=True)
+    np.testing.assert_allclose(written, extract_features(teacher, data, cfg.data, 32, progress=False), atol=1e-5)

@@ -1,4 +1,5 @@
-"""The BINGO loss and InfoNCE against the formulas of method.md §1.2, computed independently with loops."""
+"""The BINGO loss (arXiv 2107.01691, as its official code composes it) and InfoNCE against their formulas,
+computed independently with loops."""
 
 from __future__ import annotations
 

@@ -123,7 +123,7 @@ def test_the_shipped_plan_is_consistent():
     assert (cfg.teacher.width, cfg.student.width, cfg.data.train_subset) == (32, 16, 10000)  # demo's, inherited
     assert len(cfg.compare.seeds) >= 3 and cfg.trainer.accelerator == "auto"
     runs = cfg.repro.tables["relations"]["runs"]
-    assert len(runs) == 6  # the six rows of method.md §1.3
+    assert len(runs) == 6  # the six rows of BINGO's teacher-parameter and relation ablation (arXiv 2107.01691)
 
 
 @pytest.mark.parametrize("plan,message", [

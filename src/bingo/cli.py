@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "(float16), for 'bingo distill --teacher-cache'",
              "bags": "build every image's bag (kNN, k-means, labels, random or student features), with a report",
              "distill": "train a student with a distillation method",
-             "eval": "evaluate a model: kNN, linear, semi-supervised fine-tuning, transfer (method.md §3)",
+             "eval": "evaluate a model: kNN, linear, semi-supervised fine-tuning, transfer "
+                     "(the protocols of BINGO, arXiv 2107.01691)",
              "compare": "train and evaluate several methods alike over seeds: one table, accuracy and training charts",
              "repro": "the paper's tables in miniature: one teacher, every bag file, every table over seeds, "
                       "with a verdict per claim (docs/results.md)",

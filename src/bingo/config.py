@@ -21,7 +21,7 @@ import yaml
 
 from bingo.errors import UserError
 
-PROTOCOLS = ("knn", "linear", "semi", "transfer")  # the evaluation protocols of method.md §3
+PROTOCOLS = ("knn", "linear", "semi", "transfer")  # BINGO's evaluation protocols (arXiv 2107.01691)
 
 
 @dataclass
@@ -103,7 +103,7 @@ class MoCoConfig:
 
 @dataclass
 class BingoConfig:
-    """BINGO loss (method.md §1.2) and its ablation switches."""
+    """BINGO loss (Xu et al., ICLR 2022, arXiv 2107.01691) and its ablation switches."""
 
     queue_size: int = 65536
     temperature: float = 0.2
@@ -113,7 +113,7 @@ class BingoConfig:
     symmetric: bool = True  # also the positive's query against both keys (L_pos)
     cutmix: bool = True  # the CutMix query (L_mix)
     cutmix_alpha: float = 2.0  # box size ~ Beta(alpha, alpha)
-    keys: str = "teacher"  # teacher | momentum (keys from a momentum copy of the student: method.md §1.3)
+    keys: str = "teacher"  # teacher | momentum: keys from a momentum student (ablation, arXiv 2107.01691)
     key_momentum: float = 0.999  # EMA of the momentum student when keys=momentum
 
 
@@ -177,7 +177,7 @@ class CacheConfig:
 
 @dataclass
 class BagsConfig:
-    """`bingo bags`: every image's bag, by one of the strategies of method.md §1.1."""
+    """`bingo bags`: every image's bag, by a bagging strategy of BINGO (arXiv 2107.01691) or a control."""
 
     strategy: str = "knn"  # knn | kmeans | labels | random | student (kNN on a student's features) | self
     k: int = 5  # neighbours per image, the image itself excluded (knn, student, random)
@@ -212,7 +212,7 @@ class DistillConfig:
 
 @dataclass
 class LinearEvalConfig:
-    """The linear protocol: one linear layer on the frozen backbone (method.md §3)."""
+    """The linear protocol: one linear layer on the frozen backbone (BINGO's protocol, arXiv 2107.01691)."""
 
     variant: str = "paper"  # paper: augmented images through the frozen backbone | fast: pre-extracted features, SGD
     # | lbfgs: pre-extracted features, logistic regression fitted to convergence (no lr; epochs: at most, iterations)
@@ -249,7 +249,7 @@ class TransferConfig:
 
 @dataclass
 class EvalConfig:
-    """`bingo eval`: the protocols of method.md §3 on a frozen (or, for semi, fine-tuned) backbone."""
+    """`bingo eval`: BINGO's protocols (arXiv 2107.01691) on a frozen (or, for semi, fine-tuned) backbone."""
 
     knn_k: list[int] = field(default_factory=lambda: [10, 20, 200])
     knn_temperature: float = 0.07

@@ -336,7 +336,8 @@ def current_evaluation(path: Path, cfg: Config) -> dict | None:
 def evaluate(cfg: Config, encoder: Encoder | None, protocols: tuple[str, ...], out: Path,
              datasets: tuple[ImageDataset, ImageDataset] | None = None,
              transfer: tuple[ImageDataset, ImageDataset] | None = None) -> dict:
-    """One model's result row: accuracies (%) by each protocol of method.md §3 (raw pixels when `encoder` is None).
+    """One model's result row: accuracies (%) by each of BINGO's protocols (arXiv 2107.01691); raw pixels
+    when `encoder` is None.
 
     `datasets`: the (labeled train, test) pair and `transfer` the transfer pair, built from cfg when
     not given; the protocols' logs and the semi-supervised subsets go into `out`.

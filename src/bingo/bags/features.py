@@ -161,7 +161,8 @@ def predict_rows(module: L.LightningModule, loader: DataLoader, columns: list[tu
     writers = [_RowWriter(shape, dtype, path, i, blank) for i, (shape, dtype, path) in enumerate(columns)]
     trainer = L.Trainer(accelerator=run.accelerator, devices=run.devices if on_disk else 1,
                         num_nodes=run.num_nodes if on_disk else 1, strategy=run.strategy if on_disk else "auto",
-                        precision=lightning_precision(run), logger=False, callbacks=writers,
+                        precision=lightning_precision(run), logger=False,
+                        callbacks=list(writers),  # a copy: Lightning adds its progress bar to the list it is given
                         enable_progress_bar=progress,
                         enable_model_summary=False, enable_checkpointing=False)
     trainer.predict(module, loader, return_predictions=False)

@@ -1,5 +1,6 @@
-"""The bagging strategies of method.md §1.1: kNN (on the teacher's or a student's features), k-means,
-ground-truth labels and random bags, plus `self` (no relation: every bag is its own image, method.md §1.3).
+"""The bagging strategies of BINGO (Xu et al., ICLR 2022, arXiv 2107.01691): kNN (on the teacher's or a
+student's features), k-means and ground-truth labels; plus random bags (a control) and `self` (no relation:
+every bag is its own image, the "keys from the teacher, no relation" row of the paper's ablation).
 Each returns Bags with the metadata that describes how they were made.
 """
 

@@ -99,7 +99,7 @@ def train_and_test(classifier: Classifier, train: Dataset, test: Dataset, cfg: C
 
 
 def paper_lr(arch: str) -> float:
-    """The linear protocol's learning rate per 256 images (method.md §3): 30 for ResNets, 3 for others."""
+    """The linear protocol's learning rate per 256 images (BINGO, arXiv 2107.01691): 30 for ResNets, 3 for others."""
     return 30.0 if arch.startswith("resnet") else 3.0
 
 
@@ -116,9 +116,9 @@ def linear_eval(cfg: Config, encoder: Encoder | None, train: ImageDataset, test:
                 features: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float | str]:
     """The linear protocol (cfg.eval.linear): top-1 and top-5 accuracy (%) of a linear layer on frozen features.
 
-    `paper`: augmented images through the frozen backbone, as method.md §3. `fast` and `lbfgs`: on
-    `features` (train, test), the L2-normalised backbone features of the evaluation crops, standardised;
-    `fast` trains with SGD, `lbfgs` fits the layer to convergence.
+    `paper`: augmented images through the frozen backbone, as in BINGO's protocol (arXiv 2107.01691).
+    `fast` and `lbfgs`: on `features` (train, test), the L2-normalised backbone features of the evaluation
+    crops, standardised; `fast` trains with SGD, `lbfgs` fits the layer to convergence.
     """
     check_linear(cfg, encoder is not None)
     linear = cfg.eval.linear

@@ -30,7 +30,10 @@ def bingo_loss(anchor: torch.Tensor, positive: torch.Tensor | None, mixed: torch
                anchor_keys: torch.Tensor, positive_keys: torch.Tensor, negatives: torch.Tensor,
                temperature: float, lam_self: float, lam_other: float, lam_mix: float,
                ) -> dict[str, torch.Tensor]:
-    """BINGO's objective (method.md §1.2), term by term.
+    """BINGO's objective (Xu et al., ICLR 2022, arXiv 2107.01691), term by term.
+
+    The paper writes it as L_intra + L_inter (CE(za; ya) and CE(za; yp)); its official code
+    (github.com/haohang96/bingo) adds the symmetric terms and the CutMix term, composed as below.
 
     L_anchor = λs·CE(za; ya) + λo·CE(za; yp)
     L_pos    = λs·CE(zp; yp) + λo·CE(zp; ya)          (when positive is given: the symmetric terms)

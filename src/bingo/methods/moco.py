@@ -1,4 +1,7 @@
-"""MoCo-v2: the student alone, a momentum key encoder and a queue (the baseline and the teacher recipe)."""
+"""MoCo-v2: the student alone, a momentum key encoder and a queue (the baseline and the teacher recipe).
+
+MoCo: He et al., CVPR 2020, arXiv 1911.05722; MoCo-v2: Chen et al., arXiv 2003.04297.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""BINGO's peers with a teacher (method.md §2): SEED, CompRess-1q/2q, DisCo, SimReg.
+"""BINGO's peers with a teacher: SEED (Fang et al., ICLR 2021, arXiv 2101.04731), CompRess-1q/2q (Abbasi
+Koohpayegani et al., NeurIPS 2020, arXiv 2010.14713), DisCo (Gao et al., ECCV 2022, arXiv 2104.09124) and
+SimReg (Navaneet et al., BMVC 2021, arXiv 2201.05131).
 
 Each differs from the shared base only in what it compares and how; data, schedule, teacher
 handling and logging come from `Method`.

@@ -1,4 +1,5 @@
-"""Checkpoint layouts of the projects whose networks bingo loads as teachers or students (method.md §4).
+"""Checkpoint layouts of the public checkpoints bingo loads as teachers or students: the releases of MoCo v1/v2
+and v3, SwAV, DINO, BYOL and SimCLR (converted to PyTorch), and plain torchvision and timm state dicts.
 
 One table, LAYOUTS, drives detection and conversion. Each layout says where its state dict sits in
 the file, which keys identify it, and how its keys map to an Encoder's `backbone.*` and `head.<i>.*`
