@@ -134,7 +134,8 @@ class Method(L.LightningModule):
 
     def logging_step(self) -> bool:
         """True on the steps whose values Lightning writes to the loggers (every trainer.log_every_n_steps)."""
-        return self._trainer is not None and self._trainer._logger_connector.should_update_logs
+        trainer = self._trainer
+        return trainer is not None and (trainer.global_step + 1) % trainer.log_every_n_steps == 0  # before the step
 
     def log_terms(self, terms: dict[str, torch.Tensor], batch_size: int) -> None:
         """Log each loss term and metric under train/ (step values and epoch means), the loss on the progress bar.
