@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import statistics
+
 import pytest
 import yaml
 
@@ -49,8 +52,11 @@ def test_tables_share_runs_and_resume_in_parts(tmp_path, capsys, bingo_logger_gu
         ("bingo beats moco", "linear top-1"), ("bingo beats moco", "kNN@10 top-1"),
         ("the teacher beats bingo", "linear top-1"), ("the teacher beats bingo", "kNN@10 top-1")]
     assert report["teacher"]["linear top-1"] == pytest.approx(report["claims"][2]["better_mean"], abs=0.01)
-    for claim in report["claims"]:
-        assert claim["verdict"] in ("holds", "does not hold", "within noise")
+    for claim in report["claims"]:  # the verdict follows from the reported difference and its standard error
+        difference, error = claim["difference"], claim["standard_error"]
+        assert difference == pytest.approx(claim["better_mean"] - claim["worse_mean"], abs=0.011)
+        expected = "within noise" if abs(difference) <= 2 * error else "holds" if difference > 0 else "does not hold"
+        assert claim["verdict"] == expected or abs(abs(difference) - 2 * error) < 0.03, claim  # (rounded values)
     assert [p["table"] for p in read_json(out / "parts.json")] == ["main"]
     first = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("student.safetensors")}
     assert len(first) == 4  # moco and bingo, two seeds each
@@ -113,7 +119,9 @@ def test_a_run_trained_with_other_settings_is_not_reused(tmp_path):
 def test_verdict(better, worse, expected):
     outcome, difference, error = verdict(better, worse)
     assert outcome == expected and difference == pytest.approx(sum(better) / len(better) - sum(worse) / len(worse))
-    assert error >= 0
+    # the standard error of the difference of the means, from each side with more than one value
+    variances = [statistics.variance(v) / len(v) for v in (better, worse) if len(v) > 1]
+    assert error == pytest.approx(math.sqrt(sum(variances)))
 
 
 def test_the_shipped_plan_is_consistent():
