@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from bingo.bags.features import extract_features
 from bingo.bags.files import load_bags
@@ -83,16 +84,19 @@ def test_distillation_refuses_bags_that_do_not_match_its_config(chain, features,
     check_ok(run_cli("bags", *tiny_sets("bags.clusters=8"), "--strategy", "kmeans", "--features", features,
                      "--out", kmeans))
     for bags, extra, message in [
-        (chain.bags, ["bags.k=4"], "has k 3, but this run expects 4; pass --set bags.k=3 or rebuild the bags"),
-        (kmeans / "bags.npz", [], "has strategy kmeans, but this run expects knn; pass --set bags.strategy=kmeans"),
+        (chain.bags, ["bags.k=4"], "has k 3, but this run asks for 4; drop bags.k from the command"),
+        (kmeans / "bags.npz", ["bags.strategy=knn"], "has strategy kmeans, but this run asks for knn; drop"),
+        (kmeans / "bags.npz", ["bags.clusters=9"], "has clusters 8, but this run asks for 9; drop bags.clusters"),
         (chain.bags, ["data.generated_train_size=100"], "was built for data set generated/train (128 images"),
     ]:
         out = tmp_path / "refused"
         proc = distill(chain, bags, out, *extra)
         assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
         assert message in proc.stderr and not out.exists()
-    check_ok(distill(chain, kmeans / "bags.npz", tmp_path / "kmeans-student", "bags.strategy=kmeans",
-                     "bags.clusters=8"))
+    # asked for nothing (the tiny config's bags.k=3 does not apply to k-means bags): the file is the truth
+    check_ok(distill(chain, kmeans / "bags.npz", tmp_path / "kmeans-student"))
+    saved = yaml.safe_load((tmp_path / "kmeans-student" / "config.yaml").read_text())["bags"]
+    assert saved["strategy"] == "kmeans" and saved["clusters"] == 8
 
 
 def test_distillation_refuses_bags_of_another_teacher(chain, tmp_path):
@@ -149,3 +153,12 @@ def test_features_are_written_with_the_progress_bar_on(chain, tmp_path):
     data = build_dataset(cfg.data, "train")
     written = extract_features(teacher, data, cfg.data, 32, cfg.trainer, tmp_path / "features.npy", progress=True)
     np.testing.assert_allclose(written, extract_features(teacher, data, cfg.data, 32, progress=False), atol=1e-5)
+
+
+def test_a_config_file_that_asks_for_other_bags_is_refused(chain, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("bags: {strategy: kmeans}\n")
+    proc = run_cli("distill", *tiny_sets(), "--config", config, "--method", "bingo", "--teacher", chain.teacher,
+                   "--bags", chain.bags, "--out", tmp_path / "run")
+    assert proc.returncode == 2 and "has strategy knn, but this run asks for kmeans" in proc.stderr, proc.stderr
+    assert not (tmp_path / "run").exists()

@@ -10,6 +10,8 @@ import sys
 import warnings
 from pathlib import Path
 
+import yaml
+
 from bingo.config import PROTOCOLS, Config, load_config, preset_names
 from bingo.errors import Preempted, UserError
 
@@ -143,6 +145,14 @@ def resolve_config(args: argparse.Namespace) -> Config:
     return load_config(args.preset, args.config, overrides, stage=args.command)
 
 
+def asked_bags(args: argparse.Namespace) -> tuple[str, ...]:
+    """The bags.* settings the command line (--set) or the --config file asks for."""
+    asked = [item.split("=", 1)[0].removeprefix("bags.") for item in args.overrides if item.startswith("bags.")]
+    if args.config:
+        asked += list((yaml.safe_load(Path(args.config).read_text()) or {}).get("bags") or {})
+    return tuple(asked)
+
+
 def quiet_libraries() -> None:
     """bingo's own log lines on stderr; the libraries' chatter only when it is a warning."""
     handler = logging.StreamHandler()
@@ -187,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "cache":
             pipeline.run_cache(cfg, args.out)
         elif args.command == "distill":
-            pipeline.run_distill(cfg, args.out, args.resume)
+            pipeline.run_distill(cfg, args.out, args.resume, asked_bags(args))
         elif args.command == "compare":
             from bingo.compare import run_compare
 

@@ -65,6 +65,7 @@ TEACHER_FILE, STUDENT_FILE, BAGS_FILE = "teacher.safetensors", "student.safetens
 FEATURES_FILE, MONTAGE_FILE, CACHE_FILE = "features.npy", "montage.png", "outputs.npy"
 AUGMENT_ON = ("auto", "device", "workers")
 PURITY_SAMPLE = 20000  # anchors for the bag purity an evaluation reports
+BAG_SHAPE = ("strategy", "k", "clusters")  # what a bag file records of how its bags were made
 
 
 def run_pretrain(cfg: Config, out: Path, resume: bool = False) -> Path:
@@ -167,8 +168,12 @@ def _source(kind: str, model: str) -> dict:
     return {"kind": kind, "path": str(model), "sha256": file_digest(Path(model)) if exists else model}
 
 
-def run_distill(cfg: Config, out: Path, resume: bool = False) -> Path:
-    """Train the student with cfg.distill.method; returns its encoder file."""
+def run_distill(cfg: Config, out: Path, resume: bool = False, asked_bags: tuple[str, ...] = ()) -> Path:
+    """Train the student with cfg.distill.method; returns its encoder file.
+
+    The bag file is the truth for its strategy, K and clusters (the run's config records them);
+    `asked_bags` names the bags.* settings the user asked for, which must agree with the file.
+    """
     started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     name = cfg.distill.method
@@ -191,7 +196,11 @@ def run_distill(cfg: Config, out: Path, resume: bool = False) -> Path:
         if not cfg.distill.bags:
             raise UserError(f"{name} needs bags: pass --bags FILE (built by 'bingo bags')")
         bags = load_bags(Path(cfg.distill.bags))
-        check_bags(Path(cfg.distill.bags), bags, data.identity, _expected_bags(cfg, run_info.get("teacher")))
+        expected = {key: getattr(cfg.bags, key) for key in asked_bags if key in BAG_SHAPE}
+        check_bags(Path(cfg.distill.bags), bags, data.identity, {**expected, "teacher": run_info.get("teacher")})
+        for key in BAG_SHAPE:  # the run's config says what the bags are
+            if key in bags.meta:
+                setattr(cfg.bags, key, bags.meta[key])
         run_info["bags"] = file_digest(Path(cfg.distill.bags))
     dataset = training_data(cfg, data, module, bags, cache)
     if resume:
@@ -463,13 +472,6 @@ def _finish_training(module: Method, trainer: L.Trainer, model: ModelConfig, cfg
     log.info("%s: %d epochs, %d steps in %.0f s; %s written%s", summary["stage"], trainer.current_epoch,
              trainer.global_step, time.perf_counter() - started, path, skipped)
     return path
-
-
-def _expected_bags(cfg: Config, teacher: str | None) -> dict:
-    """What this run's config says its bags are: strategy, K or C, and the teacher they came from."""
-    size = {"clusters": cfg.bags.clusters} if cfg.bags.strategy == "kmeans" else \
-        {} if cfg.bags.strategy == "labels" else {"k": cfg.bags.k}
-    return {"strategy": cfg.bags.strategy, **size, "teacher": teacher}
 
 
 def _slug(name: str) -> str:

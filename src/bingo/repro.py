@@ -173,8 +173,7 @@ def run_config(cfg: Config, out: Path, name: str) -> Config:
     spec = dict(cfg.repro.runs[name] or {})
     overrides, bags = list(spec.pop("set", [])), spec.pop("bags", None)
     if bags:
-        overrides = [*(cfg.repro.bags[bags] or {}).get("set", []), f"distill.bags={bag_file(cfg, out, bags)}",
-                     *overrides]
+        overrides = [f"distill.bags={bag_file(cfg, out, bags)}", *overrides]  # the file says how its bags were made
     compare_cfg = copy.deepcopy(cfg)
     compare_cfg.compare.runs = {name: {**spec, "set": overrides}}
     return run_configs(compare_cfg)[name]

@@ -183,7 +183,7 @@ def load_bags(path: Path) -> Bags:
 def check_bags(path: Path, bags: Bags, dataset: dict, expected: dict) -> None:
     """Refuse bags made for another data set, or whose strategy, K, C or source differ from `expected`.
 
-    `expected` holds the run's strategy, its k or clusters, and the teacher's digest (or None).
+    `expected` holds what the run asks for of strategy, k and clusters, and the teacher's digest (or None).
     """
     meta = bags.meta
     if meta["dataset"] != dataset:
@@ -191,8 +191,9 @@ def check_bags(path: Path, bags: Bags, dataset: dict, expected: dict) -> None:
                         f"uses {_describe(dataset)}; rebuild the bags with 'bingo bags'")
     for key, flag in (("strategy", "bags.strategy"), ("k", "bags.k"), ("clusters", "bags.clusters")):
         if key in meta and key in expected and meta[key] != expected[key]:
-            raise UserError(f"bag file {path} has {key} {meta[key]}, but this run expects {expected[key]}; "
-                            f"pass --set {flag}={meta[key]} or rebuild the bags")
+            raise UserError(f"bag file {path} has {key} {meta[key]}, but this run asks for {expected[key]}; "
+                            f"drop {flag} from the command and its --config (the bag file says how its bags were "
+                            f"made), or rebuild the bags with {flag}={expected[key]}")
     source = meta.get("source", {})
     teacher = expected.get("teacher")
     if source.get("kind") == "teacher" and teacher and source.get("sha256") != teacher:
