@@ -31,7 +31,7 @@ demo: $(STAMP) fashion-mnist
 	$(BIN)/bingo demo --out $(DEMO_OUT) --resume
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
 
 test: lint
 	$(BIN)/python -m pytest -q -n 2  # two processes: most tests are single-threaded subprocesses

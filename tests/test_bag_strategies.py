@@ -185,8 +185,8 @@ def test_check_bags_refuses_what_does_not_match_the_run(tmp_path):
     refusals = [
         ({**IDENTITY, "size": 5}, ok, "built for data set generated/train \\(4 images, abc\\)"),
         ({**IDENTITY, "fingerprint": "abd"}, ok, "rebuild the bags"),
-        (IDENTITY, {**ok, "k": 5}, "has k 2, but this run expects 5; pass --set bags.k=2"),
-        (IDENTITY, {**ok, "strategy": "kmeans"}, "has strategy knn, but this run expects kmeans"),
+        (IDENTITY, {**ok, "k": 5}, "has k 2, but this run asks for 5; drop bags.k from the command"),
+        (IDENTITY, {**ok, "strategy": "kmeans"}, "has strategy knn, but this run asks for kmeans"),
         (IDENTITY, {**ok, "teacher": "bbb"}, "built from another teacher"),
     ]
     for dataset, expected, message in refusals:

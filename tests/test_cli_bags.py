@@ -155,10 +155,11 @@ def test_features_are_written_with_the_progress_bar_on(chain, tmp_path):
     np.testing.assert_allclose(written, extract_features(teacher, data, cfg.data, 32, progress=False), atol=1e-5)
 
 
-def test_a_config_file_that_asks_for_other_bags_is_refused(chain, tmp_path):
+def test_a_config_file_that_asks_for_other_bags_is_refused(chain, tmp_path, capsys, bingo_logger_guard):
     config = tmp_path / "config.yaml"
     config.write_text("bags: {strategy: kmeans}\n")
-    proc = run_cli("distill", *tiny_sets(), "--config", config, "--method", "bingo", "--teacher", chain.teacher,
-                   "--bags", chain.bags, "--out", tmp_path / "run")
-    assert proc.returncode == 2 and "has strategy knn, but this run asks for kmeans" in proc.stderr, proc.stderr
+    code = main(["distill", *tiny_sets(), "--config", str(config), "--method", "bingo", "--teacher",
+                 str(chain.teacher), "--bags", str(chain.bags), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "has strategy knn, but this run asks for kmeans" in err, err
     assert not (tmp_path / "run").exists()

@@ -27,7 +27,7 @@ B = 8  # batch of the hand-driven training steps
 
 def make_bingo(queue_size: int = 32, **bingo_kwargs) -> Bingo:
     cfg = BingoConfig(queue_size=queue_size, **bingo_kwargs)
-    return Bingo(tiny_encoder(0), tiny_encoder(1), OptimConfig(epochs=1, batch_size=B), cfg)
+    return Bingo(student=tiny_encoder(0), teacher=tiny_encoder(1), optim=OptimConfig(epochs=1, batch_size=B), bingo=cfg)
 
 
 def bag_batch(seed: int) -> tuple:
@@ -249,7 +249,7 @@ def test_moco_key_encoder_runs_in_train_mode(tmp_path, monkeypatch):
     """MoCo's key encoder uses batch statistics (shuffle-BN), as in MoCo; its BN statistics follow the data."""
     cfg = tiny_config("distill.optim.batch_size=16", "trainer.limit_train_batches=2")
     data = build_dataset(cfg.data, "train")
-    module = MoCo(tiny_encoder(0), cfg.distill.optim, MoCoConfig(queue_size=64, momentum=0.99))
+    module = MoCo(student=tiny_encoder(0), optim=cfg.distill.optim, moco=MoCoConfig(queue_size=64, momentum=0.99))
     key_bn_before = {k: v.clone() for k, v in module.key_encoder.encoder.state_dict().items() if "running_mean" in k}
     seen = []
     real = MoCo.training_step
@@ -292,7 +292,8 @@ def test_bingo_refuses_a_student_embedding_of_another_size():
     teacher = tiny_encoder(1)
     student = Encoder(ModelConfig(arch="resnet18", width=8, stem="cifar", head_hidden=32, embed_dim=8), 3)
     with pytest.raises(UserError, match="set student.embed_dim=16"):
-        Bingo(student, teacher, OptimConfig(epochs=1, batch_size=8), BingoConfig(queue_size=32))
+        Bingo(student=student, teacher=teacher, optim=OptimConfig(epochs=1, batch_size=8),
+              bingo=BingoConfig(queue_size=32))
 
 
 def test_momentum_update_is_the_exponential_moving_average():

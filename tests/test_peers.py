@@ -87,16 +87,22 @@ def wide_student(embed_dim: int) -> Encoder:
     return Encoder(dataclasses.replace(tiny_model_config(), embed_dim=embed_dim), 3)
 
 
+def pair(student: int | Encoder = 0) -> dict:
+    """A tiny student (seed, or the encoder itself) and teacher, with the test's optimiser settings."""
+    return {"student": tiny_encoder(student) if isinstance(student, int) else student, "teacher": tiny_encoder(1),
+            "optim": OPTIM}
+
+
 BUILDERS = {
-    "moco": lambda: MoCo(tiny_encoder(0), OPTIM, MoCoConfig(queue_size=32)),
-    "seed": lambda: Seed(tiny_encoder(0), tiny_encoder(1), OPTIM, SeedConfig(queue_size=32)),
-    "compress-1q": lambda: Compress(wide_student(64), tiny_encoder(1), OPTIM, CompressConfig(bank_size=32), 1),
-    "compress-2q": lambda: Compress(tiny_encoder(0), tiny_encoder(1), OPTIM, CompressConfig(bank_size=32), 2),
-    "disco": lambda: DisCo(tiny_encoder(0), tiny_encoder(1), OPTIM, MoCoConfig(queue_size=32), DiscoConfig()),
-    "simreg": lambda: SimReg(tiny_encoder(0), tiny_encoder(1), OPTIM, SimRegConfig(predictor_hidden=32)),
-    "bingo": lambda: Bingo(tiny_encoder(0), tiny_encoder(1), OPTIM, BingoConfig(queue_size=32)),
-    "bingo-momentum-keys": lambda: Bingo(tiny_encoder(0), None, OPTIM, BingoConfig(queue_size=32, keys="momentum",
-                                                                                     key_momentum=0.5)),
+    "moco": lambda: MoCo(student=tiny_encoder(0), optim=OPTIM, moco=MoCoConfig(queue_size=32)),
+    "seed": lambda: Seed(**pair(), seed=SeedConfig(queue_size=32)),
+    "compress-1q": lambda: Compress(**pair(wide_student(64)), compress=CompressConfig(bank_size=32), banks=1),
+    "compress-2q": lambda: Compress(**pair(), compress=CompressConfig(bank_size=32), banks=2),
+    "disco": lambda: DisCo(**pair(), moco=MoCoConfig(queue_size=32), disco=DiscoConfig()),
+    "simreg": lambda: SimReg(**pair(), simreg=SimRegConfig(predictor_hidden=32)),
+    "bingo": lambda: Bingo(**pair(), bingo=BingoConfig(queue_size=32)),
+    "bingo-momentum-keys": lambda: Bingo(**{**pair(), "teacher": None},
+                                         bingo=BingoConfig(queue_size=32, keys="momentum", key_momentum=0.5)),
 }
 
 
@@ -156,12 +162,12 @@ def test_bingo_with_momentum_keys_needs_no_teacher_and_enqueues_momentum_keys(mo
 
 
 @pytest.mark.parametrize("build,fix", [
-    (lambda: Seed(wide_student(8), tiny_encoder(1), OPTIM, SeedConfig(queue_size=32)), "student.embed_dim=16"),
-    (lambda: DisCo(wide_student(8), tiny_encoder(1), OPTIM, MoCoConfig(queue_size=32), DiscoConfig()),
+    (lambda: Seed(**pair(wide_student(8)), seed=SeedConfig(queue_size=32)), "student.embed_dim=16"),
+    (lambda: DisCo(**pair(wide_student(8)), moco=MoCoConfig(queue_size=32), disco=DiscoConfig()),
      "student.embed_dim=16"),
-    (lambda: Compress(tiny_encoder(0), tiny_encoder(1), OPTIM, CompressConfig(bank_size=32), 1),
+    (lambda: Compress(**pair(), compress=CompressConfig(bank_size=32), banks=1),
      "backbone feature has 64; set student.embed_dim=64"),
-    (lambda: Bingo(tiny_encoder(0), tiny_encoder(1), OPTIM, BingoConfig(keys="nope")), "'teacher' or 'momentum'"),
+    (lambda: Bingo(**pair(), bingo=BingoConfig(keys="nope")), "'teacher' or 'momentum'"),
 ])
 def test_mismatched_students_are_refused_with_the_fix(build, fix):
     with pytest.raises(UserError, match=fix):

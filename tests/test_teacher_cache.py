@@ -106,7 +106,7 @@ def bingo_module(teacher, **bingo) -> Bingo:
     cfg = tiny_config(*(f"distill.bingo.{k}={v}" for k, v in bingo.items()))
     from bingo.models.encoder import Encoder
 
-    module = Bingo(Encoder(cfg.student, 3), teacher, cfg.distill.optim, cfg.distill.bingo)
+    module = Bingo(student=Encoder(cfg.student, 3), teacher=teacher, optim=cfg.distill.optim, bingo=cfg.distill.bingo)
     module.use_device_augment(BatchAugment(cfg.data, AugmentConfig()), channels_last=True)
     return module
 

@@ -74,7 +74,8 @@ def run_pretrain(cfg: Config, out: Path, resume: bool = False) -> Path:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = build_dataset(cfg.data, "train")
     run_info = {"dataset": data.identity}
-    module = MoCo(Encoder(cfg.teacher, cfg.data.channels), cfg.pretrain.optim, cfg.pretrain.moco, run_info)
+    module = MoCo(student=Encoder(cfg.teacher, cfg.data.channels), optim=cfg.pretrain.optim, moco=cfg.pretrain.moco,
+                  run_info=run_info)
     if resume:
         check_resumable(out, module)
     prepare_run_folder(out, cfg, resume, run_info)

@@ -22,15 +22,16 @@ def needs_teacher(cfg: Config) -> bool:
 def build_method(cfg: Config, student: Encoder, teacher: Encoder | None, run_info: dict) -> Method:
     """The LightningModule of cfg.distill.method, with that method's section of the config."""
     d = cfg.distill
-    splits, bn = d.moco.shuffle_bn_splits, d.teacher_bn
+    common = {"student": student, "optim": d.optim, "teacher_bn": d.teacher_bn, "run_info": run_info}
+    splits = {"shuffle_bn_splits": d.moco.shuffle_bn_splits}
     builders = {
-        "moco": lambda: MoCo(student, d.optim, d.moco, run_info),
-        "seed": lambda: Seed(student, teacher, d.optim, d.seed, bn, splits, run_info),
-        "compress-1q": lambda: Compress(student, teacher, d.optim, d.compress, 1, bn, splits, run_info),
-        "compress-2q": lambda: Compress(student, teacher, d.optim, d.compress, 2, bn, splits, run_info),
-        "disco": lambda: DisCo(student, teacher, d.optim, d.moco, d.disco, bn, run_info),
-        "simreg": lambda: SimReg(student, teacher, d.optim, d.simreg, bn, splits, run_info),
-        "bingo": lambda: Bingo(student, teacher, d.optim, d.bingo, splits, run_info, bn),
+        "moco": lambda: MoCo(**common, moco=d.moco),
+        "seed": lambda: Seed(**common, **splits, teacher=teacher, seed=d.seed),
+        "compress-1q": lambda: Compress(**common, **splits, teacher=teacher, compress=d.compress, banks=1),
+        "compress-2q": lambda: Compress(**common, **splits, teacher=teacher, compress=d.compress, banks=2),
+        "disco": lambda: DisCo(**common, teacher=teacher, moco=d.moco, disco=d.disco),
+        "simreg": lambda: SimReg(**common, **splits, teacher=teacher, simreg=d.simreg),
+        "bingo": lambda: Bingo(**common, **splits, teacher=teacher, bingo=d.bingo),
     }
     if d.method not in builders:
         raise UserError(f"unknown method '{d.method}'; choose one of: {', '.join(METHODS)}")

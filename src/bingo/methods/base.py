@@ -36,7 +36,7 @@ class Method(L.LightningModule):
         """Distinct cached views of each image a step takes from a teacher cache."""
         return self.views
 
-    def __init__(self, student: Encoder, optim: OptimConfig, teacher: Encoder | None = None,
+    def __init__(self, *, student: Encoder, teacher: Encoder | None = None, optim: OptimConfig,
                  teacher_bn: str = "eval", shuffle_bn_splits: int = 1, run_info: dict | None = None):
         super().__init__()
         if teacher_bn not in TEACHER_BN_MODES:

@@ -26,12 +26,13 @@ class Bingo(Method):
     views = "bags"
     uses_teacher_embeddings = True
 
-    def __init__(self, student: Encoder, teacher: Encoder | None, optim: OptimConfig, bingo: BingoConfig,
-                 shuffle_bn_splits: int = 1, run_info: dict | None = None, teacher_bn: str = "eval"):
+    def __init__(self, *, student: Encoder, teacher: Encoder | None, optim: OptimConfig, bingo: BingoConfig,
+                 teacher_bn: str = "eval", shuffle_bn_splits: int = 1, run_info: dict | None = None):
         if bingo.keys not in ("teacher", "momentum"):
             raise UserError(f"distill.bingo.keys must be 'teacher' or 'momentum', not '{bingo.keys}'")
         momentum = bingo.keys == "momentum"
-        super().__init__(student, optim, None if momentum else teacher, teacher_bn, shuffle_bn_splits, run_info)
+        super().__init__(student=student, teacher=None if momentum else teacher, optim=optim, teacher_bn=teacher_bn,
+                         shuffle_bn_splits=shuffle_bn_splits, run_info=run_info)
         dim = student.embed_dim
         if teacher is not None and not momentum:
             require_same_dim(dim, teacher.embed_dim, "embedding", "student.embed_dim")

@@ -20,9 +20,10 @@ class MoCo(Method):
 
     views = 2
 
-    def __init__(self, student: Encoder, optim: OptimConfig, moco: MoCoConfig, run_info: dict | None = None,
-                 teacher: Encoder | None = None, teacher_bn: str = "eval"):
-        super().__init__(student, optim, teacher, teacher_bn, moco.shuffle_bn_splits, run_info)
+    def __init__(self, *, student: Encoder, teacher: Encoder | None = None, optim: OptimConfig, moco: MoCoConfig,
+                 teacher_bn: str = "eval", run_info: dict | None = None):
+        super().__init__(student=student, teacher=teacher, optim=optim, teacher_bn=teacher_bn,
+                         shuffle_bn_splits=moco.shuffle_bn_splits, run_info=run_info)
         self.moco = moco
         self.key_encoder = MomentumEncoder(student, moco.momentum, moco.shuffle_bn_splits)
         self.queue = KeyQueue(moco.queue_size, student.embed_dim)

@@ -26,9 +26,10 @@ class Seed(Method):
     views = 1
     uses_teacher_embeddings = True
 
-    def __init__(self, student: Encoder, teacher: Encoder, optim: OptimConfig, seed: SeedConfig,
+    def __init__(self, *, student: Encoder, teacher: Encoder, optim: OptimConfig, seed: SeedConfig,
                  teacher_bn: str = "eval", shuffle_bn_splits: int = 1, run_info: dict | None = None):
-        super().__init__(student, optim, teacher, teacher_bn, shuffle_bn_splits, run_info)
+        super().__init__(student=student, teacher=teacher, optim=optim, teacher_bn=teacher_bn,
+                         shuffle_bn_splits=shuffle_bn_splits, run_info=run_info)
         dim = teacher.embed_dim
         require_same_dim(student.embed_dim, dim, "embedding", "student.embed_dim")
         self.seed_cfg = seed
@@ -56,9 +57,10 @@ class Compress(Method):
     views = 1
     cache_layer = "features"
 
-    def __init__(self, student: Encoder, teacher: Encoder, optim: OptimConfig, compress: CompressConfig,
+    def __init__(self, *, student: Encoder, teacher: Encoder, optim: OptimConfig, compress: CompressConfig,
                  banks: int, teacher_bn: str = "eval", shuffle_bn_splits: int = 1, run_info: dict | None = None):
-        super().__init__(student, optim, teacher, teacher_bn, shuffle_bn_splits, run_info)
+        super().__init__(student=student, teacher=teacher, optim=optim, teacher_bn=teacher_bn,
+                         shuffle_bn_splits=shuffle_bn_splits, run_info=run_info)
         student_dim = student.embed_dim
         if banks == 1:
             require_same_dim(student_dim, teacher.feature_dim, "backbone feature", "student.embed_dim")
@@ -95,9 +97,10 @@ class DisCo(MoCo):
 
     uses_teacher_embeddings = True
 
-    def __init__(self, student: Encoder, teacher: Encoder, optim: OptimConfig, moco: MoCoConfig, disco: DiscoConfig,
-                 teacher_bn: str = "eval", run_info: dict | None = None):
-        super().__init__(student, optim, moco, run_info, teacher, teacher_bn)
+    def __init__(self, *, student: Encoder, teacher: Encoder, optim: OptimConfig, moco: MoCoConfig,
+                 disco: DiscoConfig, teacher_bn: str = "eval", run_info: dict | None = None):
+        super().__init__(student=student, teacher=teacher, optim=optim, moco=moco, teacher_bn=teacher_bn,
+                         run_info=run_info)
         require_same_dim(student.embed_dim, teacher.embed_dim, "embedding", "student.embed_dim")
         self.disco = disco
 
@@ -124,9 +127,10 @@ class SimReg(Method):
     views = 1
     cache_layer = "features"
 
-    def __init__(self, student: Encoder, teacher: Encoder, optim: OptimConfig, simreg: SimRegConfig,
+    def __init__(self, *, student: Encoder, teacher: Encoder, optim: OptimConfig, simreg: SimRegConfig,
                  teacher_bn: str = "eval", shuffle_bn_splits: int = 1, run_info: dict | None = None):
-        super().__init__(student, optim, teacher, teacher_bn, shuffle_bn_splits, run_info)
+        super().__init__(student=student, teacher=teacher, optim=optim, teacher_bn=teacher_bn,
+                         shuffle_bn_splits=shuffle_bn_splits, run_info=run_info)
         self.predictor = projection_head(student.feature_dim, simreg.predictor_hidden, teacher.feature_dim,
                                          batch_norm=True)
         student.head.requires_grad_(False)
