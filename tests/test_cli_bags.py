@@ -79,20 +79,23 @@ def distill(chain, bags, out, *extra: str):
                    "--teacher", chain.teacher, "--bags", bags, "--out", out)
 
 
-def test_distillation_refuses_bags_that_do_not_match_its_config(chain, features, tmp_path):
+def test_distillation_refuses_bags_that_do_not_match_its_config(chain, features, tmp_path, capsys,
+                                                                 bingo_logger_guard):
     kmeans = tmp_path / "kmeans"
-    check_ok(run_cli("bags", *tiny_sets("bags.clusters=8"), "--strategy", "kmeans", "--features", features,
-                     "--out", kmeans))
+    assert main(["bags", *tiny_sets("bags.clusters=8"), "--strategy", "kmeans", "--features", str(features),
+                 "--out", str(kmeans)]) == 0
     for bags, extra, message in [
         (chain.bags, ["bags.k=4"], "has k 3, but this run asks for 4; drop bags.k from the command"),
         (kmeans / "bags.npz", ["bags.strategy=knn"], "has strategy kmeans, but this run asks for knn; drop"),
         (kmeans / "bags.npz", ["bags.clusters=9"], "has clusters 8, but this run asks for 9; drop bags.clusters"),
         (chain.bags, ["data.generated_train_size=100"], "was built for data set generated/train (128 images"),
     ]:
-        out = tmp_path / "refused"
-        proc = distill(chain, bags, out, *extra)
-        assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
-        assert message in proc.stderr and not out.exists()
+        out, _ = tmp_path / "refused", capsys.readouterr()
+        code = main(["distill", *tiny_sets("trainer.limit_train_batches=1", *extra), "--method", "bingo",
+                     "--teacher", str(chain.teacher), "--bags", str(bags), "--out", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert message in err and not out.exists()
     # asked for nothing (the tiny config's bags.k=3 does not apply to k-means bags): the file is the truth
     check_ok(distill(chain, kmeans / "bags.npz", tmp_path / "kmeans-student"))
     saved = yaml.safe_load((tmp_path / "kmeans-student" / "config.yaml").read_text())["bags"]

@@ -62,7 +62,7 @@ def test_too_many_unreadable_images_stop_the_run_in_one_line(tmp_path):
     assert re.search(r"[123] of 63 images cannot be read", lines[-1]) and "data.max_bad_images" in lines[-1]
 
 
-def test_features_of_unreadable_images_are_zero_and_listed(tmp_path, chain):
+def test_features_of_unreadable_images_are_zero_listed_and_accepted_by_bags(tmp_path, chain):
     root = image_folder(tmp_path / "images")
     out = tmp_path / "embed"
     check_ok(run_cli("embed", *folder_sets(root), "--teacher", chain.teacher, "--out", out))
@@ -73,6 +73,9 @@ def test_features_of_unreadable_images_are_zero_and_listed(tmp_path, chain):
     assert meta["unreadable"] == bad and len(bad) == 3
     assert (features[bad] == 0).all() and (np.abs(features).sum(1) > 0).sum() == GOOD
     assert read_json(out / "results.json")["unreadable"] == bad
+    # bags from these features: the zero rows are accepted, being listed as unreadable
+    check_ok(run_cli("bags", *folder_sets(root), "--features", out / "features.npy", "--out", tmp_path / "bags"))
+    assert read_json(tmp_path / "bags" / "results.json")["images"] == GOOD + 3
 
 
 def test_a_decoded_folder_keeps_the_record_of_its_unreadable_images(tmp_path):
@@ -84,11 +87,3 @@ def test_a_decoded_folder_keeps_the_record_of_its_unreadable_images(tmp_path):
         ["cut.jpg", "empty.jpg", "page.jpg"]
     again = build_dataset(load_config("demo", None, sets).data, "train")  # the cache reused: its record too
     assert again.unreadable() == decoded.unreadable()
-
-
-def test_bags_accept_features_with_rows_of_unreadable_images(tmp_path, chain):
-    root = image_folder(tmp_path / "images")
-    check_ok(run_cli("embed", *folder_sets(root), "--teacher", chain.teacher, "--out", tmp_path / "embed"))
-    check_ok(run_cli("bags", *folder_sets(root), "--features", tmp_path / "embed" / "features.npy",
-                     "--out", tmp_path / "bags"))
-    assert read_json(tmp_path / "bags" / "results.json")["images"] == GOOD + 3
