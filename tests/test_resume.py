@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from bingo.cli import main
 from bingo.data.order import EpochBatches
 from conftest import BATCH, TRAIN_SIZE, check_ok, read_json, run_cli, tiny_sets
 
@@ -51,6 +52,11 @@ def stopped_run(hook: str, step: int, signum: str, args: list[str], env: dict | 
                           capture_output=True, text=True, timeout=300, env=env)
 
 
+def resume(args: list[str]) -> None:
+    """`bingo ARGS --resume`, in this process (a real process only where one is killed)."""
+    assert main([*map(str, args), "--resume"]) == 0
+
+
 def same_weights(a, b) -> bool:
     first, second = load_file(a), load_file(b)
     return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
@@ -69,7 +75,7 @@ def uninterrupted(chain, tmp_path_factory):
     ("on_train_epoch_start", STEPS_PER_EPOCH, "0", STEPS_PER_EPOCH),  # between epochs, after the epoch's checkpoint
 ], ids=["before-first-checkpoint", "mid-epoch", "between-epochs"])
 def test_a_killed_run_resumes_to_the_same_weights(chain, uninterrupted, tmp_path, hook, step, every_minutes,
-                                                  checkpoint_step):
+                                                  checkpoint_step, bingo_logger_guard):
     out = tmp_path / "run"
     args = distill_args(chain, out, f"trainer.checkpoint_every_minutes={every_minutes}")
     killed = stopped_run(hook, step, "SIGKILL", args)
@@ -79,11 +85,12 @@ def test_a_killed_run_resumes_to_the_same_weights(chain, uninterrupted, tmp_path
         assert not checkpoint.exists()
     else:
         assert torch.load(checkpoint, weights_only=True)["global_step"] == checkpoint_step
-    check_ok(run_cli(*args, "--resume"))
+    resume(args)
     assert same_weights(out / "student.safetensors", uninterrupted)
 
 
-def test_sigterm_checkpoints_stops_in_one_line_and_resumes_to_the_same_weights(chain, uninterrupted, tmp_path):
+def test_sigterm_checkpoints_stops_in_one_line_and_resumes_to_the_same_weights(chain, uninterrupted, tmp_path,
+                                                                                bingo_logger_guard):
     out = tmp_path / "run"
     args = distill_args(chain, out)  # no checkpoint within epochs: SIGTERM's is the only one mid-epoch
     stopped = stopped_run("on_train_batch_end", STEPS_PER_EPOCH + 1, "SIGTERM", args)
@@ -91,7 +98,7 @@ def test_sigterm_checkpoints_stops_in_one_line_and_resumes_to_the_same_weights(c
     assert stopped.returncode == 143 and "Traceback" not in stopped.stderr, stopped.stderr
     assert "stopped by SIGTERM" in lines[-1] and "--resume" in lines[-1]
     assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == STEPS_PER_EPOCH + 1
-    check_ok(run_cli(*args, "--resume"))
+    resume(args)
     assert same_weights(out / "student.safetensors", uninterrupted)
 
 
@@ -130,7 +137,7 @@ def test_lightning_starts_each_epoch_of_the_training_order():
     assert order.epoch == 4
 
 
-def test_the_per_image_path_in_loader_workers_resumes_to_the_same_weights(tmp_path):
+def test_the_per_image_path_in_loader_workers_resumes_to_the_same_weights(tmp_path, bingo_logger_guard):
     def args(out):
         return ["distill", "--method", "moco", "--out", str(out),
                 *tiny_sets(f"distill.optim.epochs={EPOCHS}", "data.augment_on=workers", "data.num_workers=1",
@@ -139,11 +146,11 @@ def test_the_per_image_path_in_loader_workers_resumes_to_the_same_weights(tmp_pa
     check_ok(run_cli(*args(tmp_path / "whole")))
     killed = stopped_run("on_train_batch_end", STEPS_PER_EPOCH + 2, "SIGKILL", args(tmp_path / "run"))
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    check_ok(run_cli(*args(tmp_path / "run"), "--resume"))
+    resume(args(tmp_path / "run"))
     assert same_weights(tmp_path / "run" / "student.safetensors", tmp_path / "whole" / "student.safetensors")
 
 
-def test_an_interrupted_linear_evaluation_resumes_to_the_same_accuracy(chain, tmp_path):
+def test_an_interrupted_linear_evaluation_resumes_to_the_same_accuracy(chain, tmp_path, bingo_logger_guard):
     def args(out):
         return ["eval", "linear", "--model", str(chain.bingo / "student.safetensors"), "--out", str(out),
                 *tiny_sets("eval.linear.variant=paper", "trainer.checkpoint_every_minutes=1e-9")]
@@ -154,13 +161,14 @@ def test_an_interrupted_linear_evaluation_resumes_to_the_same_accuracy(chain, tm
     assert (tmp_path / "run" / "linear" / "checkpoints" / "last.ckpt").exists()
     refused = run_cli(*args(tmp_path / "run"))
     assert refused.returncode == 2 and "--resume" in refused.stderr
-    check_ok(run_cli(*args(tmp_path / "run"), "--resume"))
+    resume(args(tmp_path / "run"))
     whole, resumed = (read_json(tmp_path / name / "results.json")["rows"] for name in ("whole", "run"))
     assert resumed == whole
     assert not (tmp_path / "run" / "linear" / "checkpoints" / "last.ckpt").exists()  # removed once the result is known
 
 
-def test_on_slurm_the_requeue_signal_checkpoints_requeues_and_resume_continues_there(chain, uninterrupted, tmp_path):
+def test_on_slurm_the_requeue_signal_checkpoints_requeues_and_resume_continues_there(chain, uninterrupted, tmp_path,
+                                                                                     bingo_logger_guard):
     bin_folder, requeued = tmp_path / "bin", tmp_path / "requeued"
     bin_folder.mkdir()
     (bin_folder / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" > {requeued}\n")  # SLURM's, as a stand-in
@@ -176,5 +184,5 @@ def test_on_slurm_the_requeue_signal_checkpoints_requeues_and_resume_continues_t
     assert requeued.read_text().split() == ["requeue", "4242"]
     (saved,) = out.glob("hpc_ckpt_*.ckpt")
     assert torch.load(saved, weights_only=True)["global_step"] == STEPS_PER_EPOCH + 1
-    check_ok(run_cli(*args, "--resume"))
+    resume(args)
     assert same_weights(out / "student.safetensors", uninterrupted)
