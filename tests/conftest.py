@@ -104,19 +104,33 @@ class Chain:
     eval: Path
 
 
+def run_main(*args: str | Path) -> None:
+    """`bingo ARGS` in this process, which must succeed; the log handler it adds is removed again."""
+    from bingo.cli import main
+
+    logger = logging.getLogger("bingo")
+    before = list(logger.handlers)
+    try:
+        assert main([str(arg) for arg in args]) == 0, f"bingo {' '.join(map(str, args))} failed"
+    finally:
+        for handler in logger.handlers[:]:
+            if handler not in before:
+                logger.removeHandler(handler)
+
+
 @pytest.fixture(scope="session")
 def chain(tmp_path_factory: pytest.TempPathFactory) -> Chain:
-    """Run the whole chain once through the CLI; tests that need a teacher or bags share it."""
+    """Run the whole chain once through the CLI (in this process); tests that need a teacher or bags share it."""
     root = tmp_path_factory.mktemp("chain")
-    check_ok(run_cli("pretrain", *tiny_sets(), "--out", root / "teacher"))
+    run_main("pretrain", *tiny_sets(), "--out", root / "teacher")
     teacher = root / "teacher" / "teacher.safetensors"
-    check_ok(run_cli("bags", *tiny_sets(), "--teacher", teacher, "--out", root / "bags"))
+    run_main("bags", *tiny_sets(), "--teacher", teacher, "--out", root / "bags")
     bags = root / "bags" / "bags.npz"
-    check_ok(run_cli("distill", *tiny_sets(), "--method", "bingo", "--teacher", teacher, "--bags", bags,
-                     "--out", root / "bingo"))
-    check_ok(run_cli("distill", *tiny_sets(), "--method", "moco", "--out", root / "moco"))
-    check_ok(run_cli("eval", "knn", "linear", *tiny_sets(), "--model", root / "bingo" / "student.safetensors",
-                     "--out", root / "eval"))
+    run_main("distill", *tiny_sets(), "--method", "bingo", "--teacher", teacher, "--bags", bags,
+             "--out", root / "bingo")
+    run_main("distill", *tiny_sets(), "--method", "moco", "--out", root / "moco")
+    run_main("eval", "knn", "linear", *tiny_sets(), "--model", root / "bingo" / "student.safetensors",
+             "--out", root / "eval")
     return Chain(root, teacher, bags, root / "bingo", root / "moco", root / "eval")
 
 
