@@ -115,28 +115,6 @@ def test_eval_products(chain):
     assert f"| {model} |" in table and "kNN@10 top-1" in table and "linear top-1" in table
 
 
-def test_demo_on_generated_images(tmp_path):
-    out = tmp_path / "demo"
-    proc = run_cli("demo", *tiny_sets(), "--out", out)
-    check_ok(proc)
-    results = read_json(out / "results.json")
-    assert list(results["rows"]) == ["raw pixels", "teacher, random weights, BN at init", "teacher, random weights",
-                                     "teacher (MoCo-v2)", "student, random weights, BN at init",
-                                     "student, random weights", "student, MoCo-v2", "student, BINGO"]
-    for name, row in results["rows"].items():
-        assert_eval_result(row, ks=("3", "10"))
-        assert (row["params"] is None) == (name == "raw pixels")
-    assert 0 <= results["bags"]["report"]["purity"] <= 1
-    assert set(results["stage_wall_time_s"]) >= {"pretrain teacher (MoCo-v2)", "build kNN bags",
-                                                 "distil student (bingo)", "distil student (moco)", "evaluate"}
-    for sub, product in [("teacher", "teacher.safetensors"), ("bags", "bags.npz"), ("bingo", "student.safetensors"),
-                         ("moco", "student.safetensors")]:
-        assert (out / sub / product).is_file() and (out / sub / "config.yaml").is_file()
-    table = (out / "results.md").read_text()
-    assert "| student, BINGO |" in table and "kNN@3 top-1" in table
-    assert "| student, BINGO |" in proc.stdout
-
-
 def _copy_run(chain, tmp_path):
     run = tmp_path / "bingo"
     shutil.copytree(chain.bingo, run)

@@ -110,7 +110,26 @@ def build_parser() -> argparse.ArgumentParser:
                         help="'bingo eval' folders of the teacher")
     export.add_argument("--latency-repeats", type=int, default=50, help="timed runs at batch 1 (median reported)")
     export.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
+    zoo = commands.add_parser("zoo", help="the models that ship with bingo (teachers trained by its own commands): "
+                                          "list them, or show one's card after checking its file")
+    zoo.add_argument("action", choices=("list", "show"), help="list: one line per model; show: the card of NAME")
+    zoo.add_argument("name", nargs="?", help="the model to show (e.g. fashion-mnist-teacher)")
     return parser
+
+
+def run_zoo(action: str, name: str | None) -> None:
+    """`bingo zoo list` / `bingo zoo show NAME`: what ships, how it was made, its file checked against its card."""
+    from bingo.zoo import zoo_model, zoo_models
+
+    if action == "list":
+        for model in zoo_models():
+            print(f"zoo:{model.summary()}")
+        return
+    if not name:
+        raise UserError("'bingo zoo show' needs a model name; 'bingo zoo list' shows them")
+    model = zoo_model(name)
+    print(yaml.safe_dump(model.card, sort_keys=False).rstrip())
+    print(f"file: {model.file} (sha256 checked); use it as --teacher zoo:{model.name}")
 
 
 def _section_prefixes() -> set[str]:
@@ -176,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
             for path in plot_runs(run_labels(args.runs), args.out):
                 print(path)
             return 0
+        if args.command == "zoo":
+            run_zoo(args.action, args.name)
+            return 0
         if args.command == "export":
             from bingo.models.export import export
 
@@ -212,7 +234,10 @@ def main(argv: list[str] | None = None) -> int:
             protocols = PROTOCOLS if "all" in args.protocols else tuple(dict.fromkeys(args.protocols))
             print(json.dumps(pipeline.run_eval(cfg, args.out, args.model, protocols, args.resume), indent=2))
         else:
-            pipeline.run_demo(cfg, args.out, args.resume)
+            from bingo.experiments.demo import run_demo
+
+            command = " ".join(["bingo", *(sys.argv[1:] if argv is None else argv)])
+            run_demo(cfg, args.out, args.resume, command)
     except UserError as err:
         print(f"bingo: error: {err}", file=sys.stderr)
         return 2

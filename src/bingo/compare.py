@@ -153,9 +153,9 @@ def check_same_config(folder: Path, cfg: Config) -> None:
                         f"{wanted[key]!r}; remove that folder or choose another --out")
 
 
-NOT_TRAINING = ("compare.", "repro.", "eval.", "monitor.", "pretrain.", "embed.", "bags.", "trainer.progress_bar",
-                "trainer.loggers", "data.num_workers")  # settings that do not change a distilled student (the bag
-# file, whose identity the run keeps, is the truth for bags.*)
+# settings that do not change a distilled student (the bag file, whose identity the run keeps, is the truth for bags.*)
+NOT_TRAINING = ("compare.", "repro.", "demo.", "eval.", "monitor.", "pretrain.", "embed.", "bags.",
+                "trainer.progress_bar", "trainer.loggers", "data.num_workers")
 
 
 def _settings(tree: dict, ignored: tuple[str, ...], prefix: str = "") -> dict:

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from bingo.errors import UserError
+from bingo.zoo import resolve_checkpoint
 
 PROTOCOLS = ("knn", "linear", "semi", "transfer")  # BINGO's evaluation protocols (arXiv 2107.01691)
 
@@ -293,6 +294,16 @@ class ReproConfig:
 
 
 @dataclass
+class DemoConfig:
+    """`bingo demo`: students distilled from a shipped teacher (or one pretrained first), beside references."""
+
+    pretrain: bool = False  # True: pretrain the teacher (the pretrain section) instead of using demo.teacher
+    teacher: str = "zoo:fashion-mnist-teacher"  # the teacher when not pretraining: a zoo name or an encoder file
+    methods: list[str] = field(default_factory=lambda: ["bingo", "moco", "disco"])  # students, equal epochs
+    equal_time: list[str] = field(default_factory=lambda: ["moco"])  # also trained for as long as BINGO took
+
+
+@dataclass
 class TrainerConfig:
     """How Lightning runs: devices, precision, logging."""
 
@@ -329,6 +340,7 @@ class Config:
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     repro: ReproConfig = field(default_factory=ReproConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
 
 
 def preset_names() -> list[str]:
@@ -358,7 +370,10 @@ def load_config(preset: str | None = None, file: str | None = None, overrides: l
         _merge(tree, loaded, f"config file {file}")
     for item in overrides:
         _apply_override(tree, item, stage)
-    return from_dict(tree)
+    cfg = from_dict(tree)
+    for model in (cfg.teacher, cfg.student):  # `zoo:NAME` names a shipped model, checked against its card
+        model.checkpoint = resolve_checkpoint(model.checkpoint)
+    return cfg
 
 
 def _merge_preset(tree: dict, preset: str) -> None:

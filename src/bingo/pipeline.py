@@ -1,13 +1,11 @@
-"""The stages a user runs: pretrain a teacher, build bags, distil a student, evaluate; and the demo chain."""
+"""The stages a user runs: pretrain a teacher, build bags, distil a student, evaluate."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -79,9 +77,10 @@ def run_pretrain(cfg: Config, out: Path, resume: bool = False) -> Path:
     if resume:
         check_resumable(out, module)
     prepare_run_folder(out, cfg, resume, run_info)
-    trainer = fit(module, training_data(cfg, data, module), cfg, cfg.pretrain.optim, out, resume)
+    dataset, fit_started = training_data(cfg, data, module), time.perf_counter()
+    trainer = fit(module, dataset, cfg, cfg.pretrain.optim, out, resume)
     return _finish_training(module, trainer, cfg.teacher, cfg, out / TEACHER_FILE, data,
-                            {"stage": "pretrain", "method": "moco"}, started)
+                            {"stage": "pretrain", "method": "moco", "fit_time_s": _since(fit_started)}, started)
 
 
 def run_embed(cfg: Config, out: Path, model: str | None) -> Path:
@@ -207,9 +206,10 @@ def run_distill(cfg: Config, out: Path, resume: bool = False, asked_bags: tuple[
     if resume:
         check_resumable(out, module)
     prepare_run_folder(out, cfg, resume, run_info)
+    fit_started = time.perf_counter()
     trainer = fit(module, dataset, cfg, cfg.distill.optim, out, resume)
     return _finish_training(module, trainer, cfg.student, cfg, out / STUDENT_FILE, data,
-                            {"stage": "distill", "method": name}, started)
+                            {"stage": "distill", "method": name, "fit_time_s": _since(fit_started)}, started)
 
 
 def training_data(cfg: Config, data: ImageDataset, module: Method, bags: Bags | None = None,
@@ -400,64 +400,10 @@ def transfer_datasets(cfg: Config) -> tuple[ImageDataset, ImageDataset]:
                         "eval.transfer.download)") from None
 
 
-def run_demo(cfg: Config, out: Path, resume: bool = False) -> dict:
-    """Teacher → bags → BINGO student and MoCo-v2 student → evaluation of all, with a results table."""
-    build_dataset(cfg.data, "train")  # a missing data set fails here, before the run folder exists
-    prepare_run_folder(out, cfg, resume)
-    timings: dict[str, float] = {}
-
-    def stage(name: str, folder: str, product: str, run: Callable[[Path], Path]) -> Path:
-        path = out / folder / product
-        if path.exists():
-            log.info("%s: reusing %s", name, path)
-            return path
-        log.info("%s ...", name)
-        started = time.perf_counter()
-        run(out / folder)
-        timings[name] = round(time.perf_counter() - started, 1)
-        log.info("%s done in %.0f s", name, timings[name])
-        return path
-
-    teacher = stage("pretrain teacher (MoCo-v2)", "teacher", TEACHER_FILE, lambda d: run_pretrain(cfg, d, resume))
-    cfg = copy.deepcopy(cfg)
-    cfg.teacher.checkpoint = str(teacher)
-    bags = stage("build kNN bags", "bags", BAGS_FILE, lambda d: run_bags(cfg, d))
-    cfg.distill.bags = str(bags)
-    students = {}
-    for method in ("bingo", "moco"):
-        method_cfg = copy.deepcopy(cfg)
-        method_cfg.distill.method = method
-        students[method] = stage(f"distil student ({method})", method, STUDENT_FILE,
-                                 lambda d, c=method_cfg: run_distill(c, d, resume))
-    rows = {}
-    started = time.perf_counter()
-    datasets = eval_datasets(cfg)
-    models = {"raw pixels": lambda: None,
-              "teacher, random weights, BN at init": lambda: _random_encoder(cfg, cfg.teacher, calibrated=False),
-              "teacher, random weights": lambda: _random_encoder(cfg, cfg.teacher, calibrated=True),
-              "teacher (MoCo-v2)": lambda: load_encoder(teacher, cfg.teacher, cfg.data),
-              "student, random weights, BN at init": lambda: _random_encoder(cfg, cfg.student, calibrated=False),
-              "student, random weights": lambda: _random_encoder(cfg, cfg.student, calibrated=True),
-              "student, MoCo-v2": lambda: load_encoder(students["moco"], cfg.student, cfg.data),
-              "student, BINGO": lambda: load_encoder(students["bingo"], cfg.student, cfg.data)}
-    for name, build in models.items():
-        log.info("evaluate %s ...", name)
-        rows[name] = evaluate(cfg, build(), ("knn", "linear"), out / "eval" / _slug(name), datasets)
-    timings["evaluate"] = round(time.perf_counter() - started, 1)
-    results = {"rows": rows, "stage_wall_time_s": timings, "peak_memory": peak_memory_mib(),
-               "bags": _read_json(out / "bags" / "results.json"), "seed": cfg.seed}
-    write_results(out, results)
-    times = " | ".join(f"{name}: {seconds:.0f} s" for name, seconds in timings.items())
-    title = (f"bingo demo: {cfg.data.name}, teacher {cfg.teacher.arch} (width {cfg.teacher.width}), "
-             f"student {cfg.student.arch} (width {cfg.student.width}), seed {cfg.seed}")
-    print(write_report(out, results, title, [f"Wall time per stage: {times or 'all stages reused'}."]))
-    return results
-
-
 def _finish_training(module: Method, trainer: L.Trainer, model: ModelConfig, cfg: Config, path: Path,
                      data: ImageDataset, summary: dict, started: float) -> Path:
     """Save the trained encoder and results.json (rank 0), say so in one line; a finished run keeps its own."""
-    previous = _read_json(path.parent / "results.json")
+    previous = read_json(path.parent / "results.json")
     if previous.get("steps") == trainer.global_step and path.exists():
         log.info("%s had already finished; kept its results", path.parent)
         return path
@@ -475,7 +421,7 @@ def _finish_training(module: Method, trainer: L.Trainer, model: ModelConfig, cfg
     return path
 
 
-def _slug(name: str) -> str:
+def slug(name: str) -> str:
     """A folder name for a row label: 'student, MoCo-v2' -> 'student-moco-v2'."""
     return "-".join("".join(c if c.isalnum() else " " for c in name.lower()).split())
 
@@ -495,7 +441,7 @@ def eval_datasets(cfg: Config) -> tuple[ImageDataset, ImageDataset]:
     return build_dataset(cfg.data, "labeled"), build_dataset(cfg.data, "test")
 
 
-def _random_encoder(cfg: Config, model: ModelConfig, calibrated: bool) -> Encoder:
+def random_encoder(cfg: Config, model: ModelConfig, calibrated: bool) -> Encoder:
     """A freshly initialised encoder; `calibrated`: its BatchNorm statistics estimated on the training data."""
     L.seed_everything(cfg.seed, verbose=False)
     encoder = Encoder(model, cfg.data.channels)
@@ -508,10 +454,11 @@ def _eval_model(cfg: Config, model: str) -> Encoder | None:
     if model == "pixels":
         return None
     if model in ("random", "random-init"):
-        return _random_encoder(cfg, cfg.student, calibrated=model == "random")
+        return random_encoder(cfg, cfg.student, calibrated=model == "random")
     return load_encoder(model, cfg.student, cfg.data)
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """A JSON file's content, or {} when it does not exist."""
     return json.loads(path.read_text()) if path.exists() else {}
 

@@ -19,6 +19,7 @@ import numpy as np
 from bingo.errors import UserError
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 Series = dict[str, tuple[np.ndarray, np.ndarray]]
@@ -103,8 +104,16 @@ def _plot_panels(data: dict[str, Series], names: list[str], xlabel: str, path: P
                           markersize=3)
         axis.set_title(name, fontsize=9)
         axis.set_xlabel(xlabel)
-        axis.legend(fontsize=7)
+    legend_below(figure, axes.flat[0])
     save_figure(figure, path)
+
+
+def legend_below(figure: Figure, axis: Axes) -> None:
+    """One legend for the whole figure, below its panels (outside the data)."""
+    handles, labels = axis.get_legend_handles_labels()
+    if handles:
+        figure.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(labels)),
+                      fontsize=8, frameon=False)
 
 
 def pyplot() -> ModuleType:
@@ -123,6 +132,6 @@ def save_figure(figure: Figure, path: Path) -> None:
 
     try:
         figure.tight_layout()
-        atomic_write(Path(path), lambda tmp: figure.savefig(tmp, format="png", dpi=100))
+        atomic_write(Path(path), lambda tmp: figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
     finally:
         pyplot().close(figure)

@@ -1,0 +1,154 @@
+"""`bingo demo`: students distilled from a shipped teacher, beside MoCo-v2 and references, on one page.
+
+The chain: the teacher (zoo, or pretrained first with demo.pretrain=true) -> kNN bags -> one student
+per method in demo.methods at equal epochs, and the methods in demo.equal_time again for as long as
+BINGO's training took -> every model evaluated (kNN, linear) beside raw pixels, random weights and
+the teacher -> results.md, results.json and report.html in the run folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bingo.config import Config
+from bingo.data.datasets import build_dataset
+from bingo.errors import UserError
+from bingo.experiments.page import machine_info, write_demo_page
+from bingo.methods import METHODS
+from bingo.models.checkpoints import load_encoder
+from bingo.pipeline import (
+    BAGS_FILE,
+    STUDENT_FILE,
+    TEACHER_FILE,
+    eval_datasets,
+    evaluate,
+    random_encoder,
+    read_json,
+    run_bags,
+    run_distill,
+    run_pretrain,
+    slug,
+)
+from bingo.training import file_digest, peak_memory_mib, prepare_run_folder, write_results
+from bingo.zoo import resolve_checkpoint
+
+log = logging.getLogger("bingo")
+EQUAL_TIME = "{method}, BINGO's wall time"  # the label of a student trained for as long as BINGO's
+
+
+def run_demo(cfg: Config, out: Path, resume: bool = False, command: str = "bingo demo") -> dict:
+    """Teacher -> bags -> students -> evaluation of every model and the references; returns results.json's dict."""
+    check_demo(cfg)
+    build_dataset(cfg.data, "train")  # a missing data set fails here, before the run folder exists
+    shipped = None if cfg.demo.pretrain else Path(resolve_checkpoint(cfg.demo.teacher))
+    if shipped:
+        load_encoder(shipped, cfg.teacher, cfg.data)  # a missing or unfit teacher fails here, before any work
+    prepare_run_folder(out, cfg, resume, {"teacher": file_digest(shipped) if shipped else "pretrained"})
+    timings: dict[str, float] = {}
+
+    def stage(name: str, folder: str, product: str, run: Callable[[Path], Path]) -> Path:
+        path = out / folder / product
+        if path.exists():
+            log.info("%s: reusing %s", name, path)
+            return path
+        log.info("%s ...", name)
+        started = time.perf_counter()
+        run(out / folder)
+        timings[name] = round(time.perf_counter() - started, 1)
+        log.info("%s done in %.0f s", name, timings[name])
+        return path
+
+    teacher = shipped or stage("pretrain teacher (MoCo-v2)", "teacher", TEACHER_FILE,
+                               lambda d: run_pretrain(cfg, d, resume))
+    cfg = copy.deepcopy(cfg)
+    cfg.teacher.checkpoint = str(teacher)
+    cfg.distill.bags = str(stage("build kNN bags", "bags", BAGS_FILE, lambda d: run_bags(cfg, d)))
+    students = {method: stage(f"distil student ({method})", method, STUDENT_FILE,
+                              lambda d, m=method: run_distill(_with(cfg, m), d, resume))
+                for method in cfg.demo.methods}
+    equal_time = {}
+    for method in cfg.demo.equal_time:
+        epochs = equal_time_epochs(out / "bingo", out / method, cfg.distill.optim.epochs)
+        equal_time[method] = epochs
+        students[EQUAL_TIME.format(method=method)] = stage(
+            f"distil student ({method}, {epochs} epochs: BINGO's wall time)", f"{method}-equal-time", STUDENT_FILE,
+            lambda d, m=method, e=epochs: run_distill(_with(cfg, m, e), d, resume))
+    started = time.perf_counter()
+    rows = evaluate_models(cfg, out, teacher, students)
+    timings["evaluate"] = round(time.perf_counter() - started, 1)
+    results = {"rows": rows, "stage_wall_time_s": timings, "peak_memory": peak_memory_mib(),
+               "bags": read_json(out / "bags" / "results.json"), "seed": cfg.seed,
+               "teacher": {"file": str(teacher), "source": cfg.demo.teacher if shipped else "pretrained"},
+               "students": {name: student_summary(path) for name, path in students.items()},
+               "equal_time_epochs": equal_time, "machine": machine_info(), "command": command}
+    write_results(out, results)
+    print(write_demo_page(out, results, cfg))
+    return results
+
+
+def check_demo(cfg: Config) -> None:
+    """Refuse demo settings that cannot work, before anything runs."""
+    unknown = [m for m in [*cfg.demo.methods, *cfg.demo.equal_time] if m not in METHODS]
+    if unknown:
+        raise UserError(f"demo.methods / demo.equal_time name unknown methods ({', '.join(unknown)}); choose from: "
+                        f"{', '.join(METHODS)}")
+    if "bingo" not in cfg.demo.methods:
+        raise UserError("demo.methods must include bingo: the demo compares the other students with it")
+    missing = [m for m in cfg.demo.equal_time if m not in cfg.demo.methods]
+    if missing:
+        raise UserError(f"demo.equal_time methods must also be in demo.methods (the equal-epoch run gives their "
+                        f"speed): add {', '.join(missing)} to demo.methods")
+
+
+def equal_time_epochs(bingo_run: Path, other_run: Path, epochs: int) -> int:
+    """Epochs in which the other method's training takes as long as BINGO's did for `epochs` (at least `epochs`)."""
+    bingo_s = read_json(bingo_run / "results.json").get("fit_time_s")
+    other_s = read_json(other_run / "results.json").get("fit_time_s")
+    if not bingo_s or not other_s:
+        raise UserError(f"{bingo_run} or {other_run} has no training time in its results.json (made by an older "
+                        "bingo); remove those folders and rerun the demo with --resume")
+    return max(epochs, round(epochs * bingo_s / other_s))
+
+
+def student_summary(student: Path) -> dict:
+    """A student run's epochs, training time and wall time, from its results.json."""
+    results = read_json(student.parent / "results.json")
+    return {key: results.get(key) for key in ("method", "epochs", "steps", "fit_time_s", "wall_time_s")}
+
+
+def evaluate_models(cfg: Config, out: Path, teacher: Path, students: dict[str, Path]) -> dict[str, dict]:
+    """kNN and linear rows of the references (pixels, random weights, the teacher) and of every student."""
+    models = {"raw pixels": lambda: None,
+              "teacher, random weights, BN at init": lambda: random_encoder(cfg, cfg.teacher, calibrated=False),
+              "student, random weights, BN at init": lambda: random_encoder(cfg, cfg.student, calibrated=False),
+              "student, random weights": lambda: random_encoder(cfg, cfg.student, calibrated=True),
+              "teacher (MoCo-v2)": lambda: load_encoder(teacher, cfg.teacher, cfg.data)}
+    for name, path in students.items():
+        models[f"student, {_label(name)}"] = lambda p=path: load_encoder(p, cfg.student, cfg.data)
+    datasets = eval_datasets(cfg)
+    rows = {}
+    for name, build in models.items():
+        log.info("evaluate %s ...", name)
+        rows[name] = evaluate(cfg, build(), ("knn", "linear"), out / "eval" / slug(name), datasets)
+    return rows
+
+
+def _label(method: str) -> str:
+    """'moco' -> 'MoCo-v2', 'bingo' -> 'BINGO'; other names as they are."""
+    names = {"moco": "MoCo-v2", "bingo": "BINGO", "disco": "DisCo", "seed": "SEED", "simreg": "SimReg",
+             "compress-1q": "CompRess-1q", "compress-2q": "CompRess-2q"}
+    first, _, rest = method.partition(",")
+    return names.get(first, first) + ("," + rest if rest else "")
+
+
+def _with(cfg: Config, method: str, epochs: int | None = None) -> Config:
+    """A copy of cfg that distils with `method` (for `epochs`, when given)."""
+    cfg = copy.deepcopy(cfg)
+    cfg.distill.method = method
+    if epochs is not None:
+        cfg.distill.optim.epochs = epochs
+    return cfg
