@@ -8,7 +8,7 @@ import pytest
 
 from bingo.cli import main
 from bingo.experiments.demo import equal_time_epochs
-from bingo.experiments.page import CLAIMS, Claim, judge, settings_digest
+from bingo.experiments.page import CLAIMS, Claim, judge, seed_spread, settings_digest
 from conftest import check_ok, read_json, run_cli, run_main, tiny_sets
 
 FAST = ("demo.methods=[bingo,moco]", "demo.equal_time=[moco]", "eval.linear.epochs=1")
@@ -22,7 +22,8 @@ def _row(knn: float, linear: float) -> dict:
 
 def test_demo_pretrains_a_teacher_when_asked(tmp_path):
     out = tmp_path / "demo"
-    proc = run_cli("demo", *tiny_sets("demo.pretrain=true", "trainer.loggers=[csv]"), "--out", out)  # the one real process of this file
+    sets = tiny_sets("demo.pretrain=true", "trainer.loggers=[csv]")
+    proc = run_cli("demo", *sets, "--out", out)  # the one real process of this file
     check_ok(proc)
     results = read_json(out / "results.json")
     assert list(results["rows"]) == [*REFERENCES, "student, BINGO", "student, MoCo-v2", "student, DisCo",
@@ -110,3 +111,11 @@ def test_the_teacher_claim_needs_no_seeds_and_the_digest_follows_training_settin
     assert settings_digest(tiny_config("trainer.progress_bar=true", "seed=3"), "t1") == base
     assert settings_digest(tiny_config("distill.optim.lr=0.5"), "t1") != base
     assert settings_digest(tiny_config(), "t2") != base
+
+
+def test_a_seed_spread_serves_only_the_settings_it_was_measured_with(tmp_path):
+    path = tmp_path / "demo_seeds.json"
+    assert seed_spread("abc", path) is None
+    path.write_text(json.dumps({"settings": "abc", "seeds": [0, 1], "students": {}}))
+    assert seed_spread("abc", path)["seeds"] == [0, 1]
+    assert seed_spread("abd", path) is None

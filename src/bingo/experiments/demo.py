@@ -17,7 +17,7 @@ from pathlib import Path
 from bingo.config import Config
 from bingo.data.datasets import build_dataset
 from bingo.errors import UserError
-from bingo.experiments.page import machine_info, write_demo_page
+from bingo.experiments.page import machine_info, settings_digest, write_demo_page
 from bingo.methods import METHODS
 from bingo.models.checkpoints import load_encoder
 from bingo.pipeline import (
@@ -84,9 +84,10 @@ def run_demo(cfg: Config, out: Path, resume: bool = False, command: str = "bingo
                "bags": read_json(out / "bags" / "results.json"), "seed": cfg.seed,
                "teacher": {"file": str(teacher), "source": cfg.demo.teacher if shipped else "pretrained"},
                "students": {name: student_summary(path) for name, path in students.items()},
-               "equal_time_epochs": equal_time, "machine": machine_info(), "command": command}
+               "equal_time_epochs": equal_time, "machine": machine_info(), "command": command,
+               "settings": settings_digest(cfg, file_digest(teacher))}
     write_results(out, results)
-    print(write_demo_page(out, results, cfg))
+    print(write_demo_page(out, results))
     return results
 
 

@@ -159,7 +159,7 @@ def accuracy_chart(rows: dict[str, dict], path: Path) -> Path:
     return path
 
 
-def write_demo_page(out: Path, results: dict, cfg: Config) -> str:
+def write_demo_page(out: Path, results: dict) -> str:
     """Write OUT/results.md and OUT/report.html (charts in OUT/demo-figures); returns the Markdown."""
     figures = out / FIGURES
     figures.mkdir(parents=True, exist_ok=True)
@@ -172,8 +172,7 @@ def write_demo_page(out: Path, results: dict, cfg: Config) -> str:
     if (out / "bags" / "montage.png").is_file():
         charts["Bags: each row an anchor and its nearest neighbours in the teacher's features"] = \
             Path(shutil.copyfile(out / "bags" / "montage.png", figures / "bags-montage.png"))
-    teacher = results["teacher"]
-    seeds = seed_spread(settings_digest(cfg, _short_digest(Path(teacher["file"]))))
+    seeds = seed_spread(results["settings"])
     verdicts = [v for v in (judge(claim, results["rows"], seeds) for claim in CLAIMS) if v]
     markdown = _markdown(results, charts, verdicts, seeds)
     atomic_write(out / "results.md", lambda tmp: Path(tmp).write_text(markdown))
@@ -185,12 +184,6 @@ def write_demo_page(out: Path, results: dict, cfg: Config) -> str:
 def _run_folder(student: str) -> str:
     """The demo's folder of a student label: 'moco' -> 'moco', "moco, BINGO's wall time" -> 'moco-equal-time'."""
     return student.split(",")[0] + ("-equal-time" if "," in student else "")
-
-
-def _short_digest(path: Path) -> str:
-    from bingo.training import file_digest
-
-    return file_digest(path) if path.is_file() else "missing"
 
 
 def _facts(results: dict) -> list[str]:
