@@ -1,7 +1,7 @@
 """The teacher-output cache: the frozen teacher's outputs on V augmented views of every image, computed once.
 
-BINGO's keys ya = f_t(t2(a)) and yp = f_t(t4(p)) come from views the student never sees (arXiv
-2107.01691, Eq. 3-4), so a run draws them from V views cached before training instead of running
+BINGO's keys ya = f_t(t2(a)) and yp = f_t(t4(p)) come from views the student never sees (the BINGO
+loss of arXiv 2107.01691), so a run draws them from V views cached before training instead of running
 the teacher twice per step. SEED, CompRess, DisCo and SimReg compare student and teacher on the
 same view: the cache also stores each view's augmentation parameters, and the student's view is
 rebuilt from them exactly (FKD, Shen & Xing, arXiv 2112.01528).

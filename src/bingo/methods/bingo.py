@@ -15,10 +15,10 @@ from bingo.models.encoder import Encoder
 
 
 class Bingo(Method):
-    """Bag of Instances Aggregation (arXiv 2107.01691, Sec. 3.2, Eq. 3-5): a queue of anchor keys.
+    """Bag of Instances Aggregation (Xu et al., ICLR 2022, arXiv 2107.01691): its bag loss over a queue of anchor keys.
 
-    Keys come from the frozen teacher (`keys=teacher`), or, for the ablation of the paper's Table 4
-    ("teacher parameters"), from a momentum copy of the student (`keys=momentum`; no teacher needed).
+    Keys come from the frozen teacher (`keys=teacher`), or, for the paper's ablation of the teacher
+    parameters, from a momentum copy of the student (`keys=momentum`; no teacher needed).
     With `keys=teacher` and no teacher, the keys come with each batch, drawn from a teacher-key
     cache (`bingo cache`): the teacher never runs and the key views are never augmented.
     """
