@@ -186,10 +186,12 @@ class BagsConfig:
     kmeans_iters: int = 20
     features: str = ""  # a .npy file of L2-normalised features (e.g. from 'bingo embed') instead of a model
     index: str = "auto"  # exact | auto (exact up to 200k images) | a faiss index_factory string
-    nprobe: int = 16  # inverted lists searched by an approximate index
-    refine_factor: float = 10.0  # shortlist of refine_factor * K re-ranked with exact similarities
+    recall: float = 0.95  # recall@K an approximate index must reach against exact search (its effort is tuned)
+    time_budget: float = 1800.0  # seconds for building and tuning an approximate index before settling
+    nprobe: int = 16  # inverted lists searched by an approximate index when recall_queries=0 (no tuning)
+    refine_factor: float = 10.0  # shortlist of refine_factor * K re-ranked with exact similarities (likewise)
     train_size: int = 65536  # images the approximate index is trained on
-    recall_queries: int = 1000  # sampled queries for an approximate index's recall (0: skip)
+    recall_queries: int = 1000  # sampled queries the recall is measured and tuned on (0: fixed effort, unmeasured)
     report_sample: int = 10000  # anchors sampled for the similarity report
     montage_rows: int = 8  # anchors shown in montage.png
 

@@ -24,7 +24,7 @@ from bingo.bags.features import (
 from bingo.bags.files import Bags, check_bags, load_bags, save_bags
 from bingo.bags.knn import bag_purity, knn_bags
 from bingo.bags.report import bag_report, write_montage
-from bingo.bags.strategies import FEATURE_STRATEGIES, check_request, make_bags
+from bingo.bags.strategies import FEATURE_STRATEGIES, check_features, check_request, make_bags
 from bingo.config import PROTOCOLS, Config, ModelConfig, to_dict
 from bingo.data.augment import BatchAugment
 from bingo.data.datasets import ImageDataset, build_dataset
@@ -121,6 +121,8 @@ def run_bags(cfg: Config, out: Path) -> Path:
     data = build_dataset(cfg.data, "train")
     check_request(cfg.bags, len(data))
     features, source, encoder = _bag_features(cfg, data)
+    if features is not None and cfg.bags.strategy in FEATURE_STRATEGIES:
+        check_features(features)  # a bad features file is refused before the run folder exists
     prepare_run_folder(out, cfg, resume=False)
     data.record_unreadable(out)
     if encoder is not None:

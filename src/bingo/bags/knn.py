@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import faiss
 import numpy as np
 
 from bingo.bags.search import QUERY_CHUNK, build_index, exact_search, read_rows
 
 
-def knn_bags(features: np.ndarray, k: int, index: str = "exact", anchors: np.ndarray | None = None,
+def knn_bags(features: np.ndarray, k: int, index: str | faiss.Index = "exact", anchors: np.ndarray | None = None,
              chunk: int | None = None, nprobe: int = 16, refine_factor: float = 10.0, train_size: int = 65536,
              seed: int = 0, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Each anchor's K nearest other rows of L2-normalised `features` (N, D).
 
-    `index`: "exact" or a faiss factory string (approximate; `nprobe`, `refine_factor` set its effort).
+    `index`: "exact", a faiss factory string (approximate; `nprobe`, `refine_factor` set its effort), or
+    an index already built over `features` (its effort set, e.g. by `tuning.tune_search`).
     Queries run in chunks of `chunk` rows (default: smaller for an approximate index, whose per-query
     lookup tables grow with nprobe).
     Returns (neighbours (A, K) int64, similarities (A, K) float32), nearest first, for the rows in
@@ -22,19 +24,21 @@ def knn_bags(features: np.ndarray, k: int, index: str = "exact", anchors: np.nda
     if not 0 < k < count:
         raise ValueError(f"k must be in [1, {count - 1}] for {count} images, got {k}")
     anchors = np.arange(count) if anchors is None else np.asarray(anchors)
-    if index == "exact":
+    exact = isinstance(index, str) and index == "exact"
+    if exact:
         search = lambda queries: exact_search(features, queries, k + 1)  # noqa: E731
     else:
-        built = build_index(features, index, train_size, seed, nprobe, refine_factor, progress)
+        built = index if isinstance(index, faiss.Index) else \
+            build_index(features, index, train_size, seed, nprobe, refine_factor, progress)
         search = lambda queries: built.search(queries, k + 1)  # noqa: E731
-    chunk = chunk or (QUERY_CHUNK if index == "exact" else QUERY_CHUNK // 8)
+    chunk = chunk or (QUERY_CHUNK if exact else QUERY_CHUNK // 8)
     neighbours = np.empty((len(anchors), k), np.int64)
     similarities = np.empty((len(anchors), k), np.float32)
     for start in range(0, len(anchors), chunk):
         rows = anchors[start:start + chunk]
         sims, ids = search(_rows(features, rows))  # (n, K+1), self usually first
         if (ids < 0).any():
-            raise ValueError(f"index '{index}' found fewer than {k + 1} neighbours for some images; "
+            raise ValueError(f"the approximate index found fewer than {k + 1} neighbours for some images; "
                              "search more lists (bags.nprobe) or use bags.index=exact")
         keep = np.argsort(ids == rows[:, None], axis=1, kind="stable")[:, :k]  # drop self wherever it ranks
         neighbours[start:start + len(rows)] = np.take_along_axis(ids, keep, 1)

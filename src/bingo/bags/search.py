@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 
 import faiss
 import numpy as np
@@ -35,9 +36,14 @@ def read_rows(features: np.ndarray, start: int, stop: int) -> np.ndarray:
     return np.ascontiguousarray(rows, dtype=np.float32)
 
 
+def gpu_count() -> int:
+    """GPUs faiss can search on (0 with the faiss-cpu package)."""
+    return faiss.get_num_gpus() if hasattr(faiss, "knn_gpu") else 0
+
+
 def auto_index(count: int, dim: int) -> str:
-    """The index `bags.index=auto` picks: exact search when affordable, else `approximate_index`."""
-    return "exact" if count <= EXACT_LIMIT else approximate_index(count, dim)
+    """The index `bags.index=auto` picks: exact search on a GPU or when affordable, else `approximate_index`."""
+    return "exact" if count <= EXACT_LIMIT or gpu_count() else approximate_index(count, dim)
 
 
 def approximate_index(count: int, dim: int) -> str:
@@ -63,12 +69,27 @@ def exact_search(features: np.ndarray, queries: np.ndarray, k: int, progress: bo
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     heap = faiss.ResultHeap(len(queries), k, keep_max=True)
     count = len(features)
+    knn = _gpu_knn() if gpu_count() else _cpu_knn
     for start in tqdm(range(0, count, BASE_CHUNK), desc="exact search", leave=False, disable=not progress):
         base = read_rows(features, start, min(count, start + BASE_CHUNK))
-        sims, ids = faiss.knn(queries, base, min(k, len(base)), metric=faiss.METRIC_INNER_PRODUCT)
+        sims, ids = knn(queries, base, min(k, len(base)))
         heap.add_result(sims, np.where(ids >= 0, ids + start, -1))
     heap.finalize()
     return heap.D, heap.I
+
+
+def _cpu_knn(queries: np.ndarray, base: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    return faiss.knn(queries, base, k, metric=faiss.METRIC_INNER_PRODUCT)
+
+
+def _gpu_knn() -> Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]]:
+    """Exact inner-product top-k on the first GPU (faiss tiles queries and base to the GPU's memory)."""
+    resources = faiss.StandardGpuResources()
+
+    def knn(queries: np.ndarray, base: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return faiss.knn_gpu(resources, queries, base, k, metric=faiss.METRIC_INNER_PRODUCT)
+
+    return knn
 
 
 def build_index(features: np.ndarray, factory: str, train_size: int, seed: int, nprobe: int = 16,

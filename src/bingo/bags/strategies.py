@@ -6,15 +6,20 @@ Each returns Bags with the metadata that describes how they were made.
 
 from __future__ import annotations
 
+import logging
+import time
+
 import faiss
 import numpy as np
 
 from bingo.bags.files import Bags, GroupBags, NeighbourBags
-from bingo.bags.knn import knn_bags, recall_at_k
-from bingo.bags.search import BASE_CHUNK, auto_index, read_rows
+from bingo.bags.knn import knn_bags
+from bingo.bags.search import BASE_CHUNK, auto_index, build_index, read_rows
+from bingo.bags.tuning import tune_search
 from bingo.config import BagsConfig
 from bingo.errors import UserError
 
+log = logging.getLogger("bingo")
 STRATEGIES = ("knn", "kmeans", "labels", "random", "student", "self")
 FEATURE_STRATEGIES = ("knn", "kmeans", "student")  # the strategies that need features
 
@@ -36,9 +41,14 @@ def make_bags(cfg: BagsConfig, features: np.ndarray | None, labels: np.ndarray, 
 
 
 def check_request(cfg: BagsConfig, count: int) -> None:
-    """Refuse an unknown strategy, or a K or C that does not fit `count` images, before any work is done."""
+    """Refuse an unknown strategy, a K or C that does not fit `count` images, or a recall target or time
+    budget that cannot be met, before any work is done."""
     if cfg.strategy not in STRATEGIES:
         raise UserError(f"unknown bag strategy '{cfg.strategy}'; choose one of: {', '.join(STRATEGIES)}")
+    if not 0 < cfg.recall <= 1:
+        raise UserError(f"bags.recall must be in (0, 1] (a share of the true K nearest neighbours), not {cfg.recall}")
+    if not cfg.time_budget > 0:
+        raise UserError(f"bags.time_budget must be a positive number of seconds, not {cfg.time_budget}")
     if cfg.strategy == "kmeans":
         _check_size(cfg.clusters, count, "bags.clusters")
     elif cfg.strategy not in ("labels", "self"):
@@ -49,25 +59,61 @@ def neighbour_strategy(features: np.ndarray, cfg: BagsConfig, seed: int, progres
     """Each image's K nearest neighbours; an approximate index reports its recall against exact search."""
     count, dim = features.shape
     _check_size(cfg.k, count, "bags.k")
+    check_features(features)
     index = auto_index(count, dim) if cfg.index == "auto" else cfg.index
+    meta = {"strategy": cfg.strategy, "kind": "neighbours", "k": cfg.k, "index": index}
     try:
-        neighbours, similarities = knn_bags(features, cfg.k, index, nprobe=cfg.nprobe,
+        search, meta["recall"] = _search_effort(features, index, cfg, seed, progress)
+        neighbours, similarities = knn_bags(features, cfg.k, search, nprobe=cfg.nprobe,
                                             refine_factor=cfg.refine_factor, train_size=cfg.train_size, seed=seed,
                                             progress=progress)
     except ValueError as err:
         raise UserError(f"{err} (bags.index={cfg.index})") from None
-    meta = {"strategy": cfg.strategy, "kind": "neighbours", "k": cfg.k, "index": index}
-    if index != "exact" and cfg.recall_queries:
-        queries = min(cfg.recall_queries, count)
-        meta["recall"] = {"at_k": cfg.k, "queries": queries,
-                          "value": round(recall_at_k(features, neighbours, queries, seed), 4)}
+    if meta["recall"] is None:
+        del meta["recall"]
     return NeighbourBags(neighbours, meta, similarities)
+
+
+def _search_effort(features: np.ndarray, index: str, cfg: BagsConfig, seed: int,
+                   progress: bool) -> tuple[str | faiss.Index, dict | None]:
+    """The index to search (or 'exact') and its recall record: tuned to cfg.recall, or measured at a fixed effort."""
+    if index == "exact" or not cfg.recall_queries:
+        return index, None
+    started = time.perf_counter()
+    built = build_index(features, index, cfg.train_size, seed, cfg.nprobe, cfg.refine_factor, progress)
+    queries = min(cfg.recall_queries, len(features))
+    budget = cfg.time_budget - (time.perf_counter() - started)
+    effort = tune_search(built, features, cfg.k, cfg.recall, budget, queries, seed)
+    record = {"at_k": cfg.k, "queries": queries, "value": round(effort.recall, 4),
+              "build_s": round(time.perf_counter() - started - effort.tuning_s, 1), **effort.summary(len(features))}
+    if not effort.met:
+        log.warning("bags: recall@%d %.3f is short of the target %.2f within bags.time_budget=%g s (effort %s); "
+                    "raise bags.time_budget, or use bags.index=exact", cfg.k, effort.recall, cfg.recall,
+                    cfg.time_budget, effort.parameters)
+    else:
+        log.info("bags: recall@%d %.3f >= %.2f with %s (projected search %.0f s)", cfg.k, effort.recall, cfg.recall,
+                 effort.parameters, record["projected_search_s"])
+    return ("exact" if effort.parameters == "exact" else built), record
+
+
+def check_features(features: np.ndarray) -> None:
+    """Refuse features with NaN or infinite values or all-zero rows (no direction to compare), in one line."""
+    for start in range(0, len(features), BASE_CHUNK):
+        rows = read_rows(features, start, min(len(features), start + BASE_CHUNK))
+        bad = ~np.isfinite(rows).all(1)
+        zero = np.linalg.norm(np.nan_to_num(rows), axis=1) < 1e-6
+        if bad.any() or zero.any():
+            row = start + int(np.flatnonzero(bad | zero)[0])
+            what = "NaN or infinite values" if bad.any() else "an all-zero row"
+            raise UserError(f"the features hold {what} (row {row}); compute them again (bingo embed), "
+                            "or remove those images")
 
 
 def kmeans_strategy(features: np.ndarray, clusters: int, iters: int, seed: int) -> GroupBags:
     """Spherical k-means with C clusters; an image alone in its cluster falls back to its nearest neighbour."""
     count, dim = features.shape
     _check_size(clusters, count, "bags.clusters")
+    check_features(features)
     kmeans = faiss.Kmeans(dim, clusters, niter=iters, spherical=True, seed=seed, verbose=False,
                           max_points_per_centroid=256, min_points_per_centroid=1)
     sample = np.sort(np.random.default_rng(seed).permutation(count)[:clusters * 256])
