@@ -1,6 +1,7 @@
 """A recall target for approximate kNN bags: the cheapest search effort that meets it, found by measurement.
 
-The index's parameters (nprobe, the Refine shortlist `k_factor_rf`, an HNSW quantizer's efSearch)
+A combination meets the target when its measured recall does with two standard errors to spare. The
+index's parameters (nprobe, the Refine shortlist `k_factor_rf`, an HNSW quantizer's efSearch)
 come from faiss's `ParameterSpace`; each combination is timed on a sample of queries and scored
 against exact search, kept on a faiss `OperatingPoints` Pareto front, in order of increasing effort level.
 A combination at least as costly as one that met the target, or no costlier than one that missed
@@ -12,6 +13,7 @@ recall reached is kept and reported as short of the target.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -73,14 +75,15 @@ def tune_search(index: faiss.Index, features: np.ndarray, k: int, target: float,
         recall = _recall(_without_self(found, anchors, k), truth)
         front.add(recall, per_query, name)
         points.append({"parameters": name, "recall": round(recall, 4), "ms_per_query": round(1e3 * per_query, 3)})
-        (met if recall >= target else missed).append(combination)
-    best = _choice(points, target)
+        (met if _surely_meets(recall, truth.size, target) else missed).append(combination)
+    best = _choice(points, target, truth.size)
     elapsed = time.perf_counter() - started
-    if best["recall"] < target and exact_per_query * len(features) <= budget_s - elapsed:
+    met_target = _surely_meets(best["recall"], truth.size, target)
+    if not met_target and exact_per_query * len(features) <= budget_s - elapsed:
         return SearchEffort("exact", 1.0, True, exact_per_query, target, elapsed, points)
     space.set_index_parameters(index, best["parameters"])
-    return SearchEffort(best["parameters"], best["recall"], best["recall"] >= target, best["ms_per_query"] / 1e3,
-                        target, elapsed, points)
+    return SearchEffort(best["parameters"], best["recall"], met_target, best["ms_per_query"] / 1e3, target, elapsed,
+                        points)
 
 
 def _by_effort(space: faiss.ParameterSpace) -> dict[int, int]:
@@ -98,9 +101,16 @@ def _by_effort(space: faiss.ParameterSpace) -> dict[int, int]:
     return {c: level(c) for c in order}
 
 
-def _choice(points: list[dict], target: float) -> dict:
-    """The fastest point that meets the target, else the one with the best recall."""
-    meeting = [p for p in points if p["recall"] >= target]
+def _surely_meets(recall: float, neighbours: int, target: float) -> bool:
+    """Whether a recall measured on `neighbours` true neighbours meets the target with two standard errors to
+    spare, so that the whole data set's recall meets it too (a bare `recall >= target` would miss it about half
+    the time when the two are close)."""
+    return recall - 2 * math.sqrt(recall * (1 - recall) / neighbours) >= target
+
+
+def _choice(points: list[dict], target: float, neighbours: int) -> dict:
+    """The fastest point that surely meets the target, else the one with the best recall."""
+    meeting = [p for p in points if _surely_meets(p["recall"], neighbours, target)]
     if meeting:
         return min(meeting, key=lambda p: p["ms_per_query"])
     return max(points, key=lambda p: (p["recall"], -p["ms_per_query"]))
