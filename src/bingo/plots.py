@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import math
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -104,13 +105,17 @@ def _plot_panels(data: dict[str, Series], names: list[str], xlabel: str, path: P
                           markersize=3)
         axis.set_title(name, fontsize=9)
         axis.set_xlabel(xlabel)
-    legend_below(figure, axes.flat[0])
+    legend_below(figure, axes.flat)
     save_figure(figure, path)
 
 
-def legend_below(figure: Figure, axis: Axes) -> None:
-    """One legend for the whole figure, below its panels (outside the data)."""
-    handles, labels = axis.get_legend_handles_labels()
+def legend_below(figure: Figure, axes: Iterable[Axes]) -> None:
+    """One legend for the whole figure, below its panels (outside the data), each label once."""
+    named = {}
+    for axis in axes:
+        for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
+            named.setdefault(label, handle)
+    handles, labels = list(named.values()), list(named)
     if handles:
         figure.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(labels)),
                       fontsize=8, frameon=False)

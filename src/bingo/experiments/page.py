@@ -144,7 +144,7 @@ def accuracy_chart(rows: dict[str, dict], path: Path) -> Path:
     for axis, metric in zip(axes[0], METRICS, strict=True):
         values = [flat_metrics(rows[m]).get(metric, np.nan) for m in models]
         colours = [COLOURS["teacher"] if m.startswith("teacher") else
-                   COLOURS["BINGO"] if "BINGO" in m else PEER_COLOUR for m in models]
+                   COLOURS["BINGO"] if m == "student, BINGO" else PEER_COLOUR for m in models]
         axis.scatter(values, range(len(models)), c=colours, s=40, zorder=3)
         for reference, (colour, style) in REFERENCES.items():
             if reference in rows and metric in flat_metrics(rows[reference]):
@@ -154,7 +154,7 @@ def accuracy_chart(rows: dict[str, dict], path: Path) -> Path:
         axis.grid(axis="x", alpha=0.3)
     axes[0][0].set_yticks(range(len(models)), [m.removeprefix("student, ") for m in models])
     axes[0][0].invert_yaxis()
-    legend_below(figure, axes[0][0])
+    legend_below(figure, axes[0])
     save_figure(figure, path)
     return path
 
@@ -193,7 +193,8 @@ def _facts(results: dict) -> list[str]:
         teacher["source"], f"`{teacher['source']}`" + (" (shipped in bingo's zoo: `bingo zoo list`)"
                                                        if teacher["source"].startswith("zoo:") else ""))
     students = results["students"]
-    trained = "; ".join(f"{name}: {s.get('epochs')} epochs in {s.get('fit_time_s')} s" for name, s in students.items())
+    trained = "; ".join(f"{name}: {s.get('epochs')} epoch{'s' * (s.get('epochs') != 1)} in {s.get('fit_time_s')} s"
+                        for name, s in students.items())
     return [f"Command: `{results['command']}`, seed {results['seed']}, bingo commit {machine['commit']}.",
             f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['threads']} torch threads"
             + (f", {machine['gpu']}" if machine["gpu"] else ", no GPU") + f"; torch {machine['torch']}.",
@@ -204,7 +205,8 @@ def _facts(results: dict) -> list[str]:
 
 
 def _memory(peak: dict) -> str:
-    return ", ".join(f"{k} {v / 1024:.1f} GiB" for k, v in peak.items() if v)
+    names = {"main_mib": "main process", "largest_child_mib": "largest worker", "gpu_mib": "GPU"}
+    return ", ".join(f"{names.get(k, k)} {v / 1024:.1f} GiB" for k, v in peak.items() if v)
 
 
 def _markdown(results: dict, charts: dict[str, Path], verdicts: list[str], seeds: dict | None) -> str:
