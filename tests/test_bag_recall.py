@@ -20,7 +20,7 @@ from bingo.config import BagsConfig
 from bingo.errors import UserError
 from conftest import run_main, tiny_sets
 
-FACTORY = "IVF512,PQ64x4fs,Refine(SQfp16)"  # what bags.index=auto builds at scale, sized for these features
+FACTORY = "IVF256,PQ48x4fs,Refine(SQfp16)"  # what bags.index=auto builds at scale, sized for these features
 
 
 def _generator():
@@ -33,16 +33,16 @@ def _generator():
 
 @pytest.fixture(scope="module")
 def hard_features(tmp_path_factory):
-    """12,000 x 512 features with the benchmark's hard shape (power-law spectrum, noise), scaled down."""
+    """6,000 x 384 features with the benchmark's hard shape (power-law spectrum, noise), scaled down."""
     generator = _generator()
     path = tmp_path_factory.mktemp("features") / "hard.npy"
-    generator.write_clustered_features(path, 12000, 512, "float32", **{**generator.HARD, "clusters": 300,
-                                                                        "latent_dim": 128})
+    generator.write_clustered_features(path, 6000, 384, "float32", **{**generator.HARD, "clusters": 150,
+                                                                       "latent_dim": 128})
     return np.load(path)
 
 
 def test_tuning_finds_the_least_effort_that_meets_the_target(hard_features):
-    index = build_index(hard_features, FACTORY, 12000, seed=0)
+    index = build_index(hard_features, FACTORY, 6000, seed=0)
     effort = tune_search(index, hard_features, 5, target=0.95, budget_s=120, queries=500)
     assert effort.met and effort.recall >= 0.95 and effort.parameters != "exact"
     measured = {p["parameters"]: p["recall"] for p in effort.points}
@@ -50,7 +50,7 @@ def test_tuning_finds_the_least_effort_that_meets_the_target(hard_features):
     assert min(measured.values()) < 0.95  # lower efforts were tried and fell short
     neighbours, _ = knn_bags(hard_features, 5, index)  # the index keeps the chosen effort
     assert recall_at_k(hard_features, neighbours, 2000, seed=7) >= 0.94  # fresh queries agree with the tuning
-    stricter = tune_search(build_index(hard_features, FACTORY, 12000, seed=0), hard_features, 5, 0.995, 120, 500)
+    stricter = tune_search(build_index(hard_features, FACTORY, 6000, seed=0), hard_features, 5, 0.995, 120, 500)
     assert stricter.recall >= 0.995
     looser, harder = _parameters(effort.parameters), _parameters(stricter.parameters)
     assert all(harder[name] >= value for name, value in looser.items()) and harder != looser
@@ -62,14 +62,14 @@ def _parameters(name: str) -> dict[str, float]:
 
 
 def test_a_family_that_cannot_reach_the_target_falls_back_to_exact_search_when_it_fits(hard_features):
-    index = build_index(hard_features, "IVF64,PQ4", 12000, seed=0)  # 4-byte codes, no re-ranking
-    effort = tune_search(index, hard_features, 5, target=0.99, budget_s=300, queries=300)
+    index = build_index(hard_features, "IVF64,SQ4", 6000, seed=0)  # 4-bit scalar codes, no re-ranking
+    effort = tune_search(index, hard_features, 5, target=0.99, budget_s=5.0, queries=300)  # exact: ~2 s here
     assert effort.parameters == "exact" and effort.recall == 1.0
     assert max(p["recall"] for p in effort.points) < 0.99
 
 
 def test_a_target_out_of_reach_in_the_budget_is_reported_not_hidden(hard_features, caplog):
-    cfg = BagsConfig(k=5, index="IVF64,PQ16x4fs", recall=0.99, time_budget=0.01, train_size=12000,
+    cfg = BagsConfig(k=5, index="IVF64,PQ16x4fs", recall=0.99, time_budget=0.01, train_size=6000,
                      recall_queries=300)
     with caplog.at_level(logging.WARNING, logger="bingo"):
         bags = neighbour_strategy(hard_features, cfg, seed=0)
@@ -80,7 +80,7 @@ def test_a_target_out_of_reach_in_the_budget_is_reported_not_hidden(hard_feature
 
 
 def test_the_bag_file_records_the_effort_chosen(hard_features):
-    cfg = BagsConfig(k=5, index=FACTORY, recall=0.95, time_budget=120, train_size=12000, recall_queries=500)
+    cfg = BagsConfig(k=5, index=FACTORY, recall=0.95, time_budget=120, train_size=6000, recall_queries=500)
     record = neighbour_strategy(hard_features, cfg, seed=0).meta["recall"]
     assert record["met"] and record["value"] >= 0.95 and "nprobe=" in record["parameters"]
     assert record["build_s"] > 0 and record["tuning_s"] > 0

@@ -7,7 +7,7 @@ against exact search, kept on a faiss `OperatingPoints` Pareto front, in order o
 A combination at least as costly as one that met the target, or no costlier than one that missed
 it, is skipped (recall grows with every parameter), and the search ends with the first level at which
 some combination meets the target. When no combination meets the target within
-the time budget, exact search is chosen if its projected time still fits; otherwise the best
+the time budget, exact search is chosen if its projected time fits the budget; otherwise the best
 recall reached is kept and reported as short of the target.
 """
 
@@ -79,7 +79,7 @@ def tune_search(index: faiss.Index, features: np.ndarray, k: int, target: float,
     best = _choice(points, target, truth.size)
     elapsed = time.perf_counter() - started
     met_target = _surely_meets(best["recall"], truth.size, target)
-    if not met_target and exact_per_query * len(features) <= budget_s - elapsed:
+    if not met_target and exact_per_query * len(features) <= budget_s:  # exact search alone fits the budget
         return SearchEffort("exact", 1.0, True, exact_per_query, target, elapsed, points)
     space.set_index_parameters(index, best["parameters"])
     return SearchEffort(best["parameters"], best["recall"], met_target, best["ms_per_query"] / 1e3, target, elapsed,
