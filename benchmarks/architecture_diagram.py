@@ -22,8 +22,8 @@ from bingo.plots import pyplot, save_figure  # noqa: E402
 LAYERS = [
     ("command line", [("cli.py", "cli.py", "argparse, one line per error, exit codes")]),
     ("experiments", [("experiments/demo.py", "experiments/demo.py", "demo chain + page"),
-                     ("compare.py", "compare.py", "methods x seeds"),
-                     ("repro.py", "repro.py", "the paper's tables")]),
+                     ("experiments/compare.py", "experiments/compare.py", "methods x seeds"),
+                     ("experiments/repro.py", "experiments/repro.py", "the paper's tables")]),
     ("stages", [("pipeline.py", "pipeline.py", "pretrain, embed, cache, bags, distill, eval"),
                 ("zoo/", "zoo/__init__.py", "shipped teachers + cards")]),
     ("engine", [("training.py", "training.py", "Lightning fit, checkpoints, run folders"),
@@ -34,9 +34,9 @@ LAYERS = [
                       ("data/", "data/__init__.py", "data sets, batch augment, order, keys")]),
     ("settings", [("config.py", "config.py", "dataclasses, presets, --set")]),
 ]
-CALLS = [("cli.py", "experiments/demo.py"), ("cli.py", "compare.py"), ("cli.py", "repro.py"),
-         ("cli.py", "pipeline.py"), ("experiments/demo.py", "pipeline.py"), ("compare.py", "pipeline.py"),
-         ("repro.py", "pipeline.py"), ("pipeline.py", "training.py"), ("pipeline.py", "eval/"),
+CALLS = [("cli.py", "experiments/demo.py"), ("cli.py", "experiments/compare.py"), ("cli.py", "experiments/repro.py"),
+         ("cli.py", "pipeline.py"), ("experiments/demo.py", "pipeline.py"), ("experiments/compare.py", "pipeline.py"),
+         ("experiments/repro.py", "pipeline.py"), ("pipeline.py", "training.py"), ("pipeline.py", "eval/"),
          ("pipeline.py", "bags/"), ("pipeline.py", "zoo/"), ("training.py", "methods/"), ("training.py", "data/"),
          ("bags/", "models/"), ("eval/", "models/"), ("methods/", "models/"), ("methods/", "config.py"),
          ("data/", "config.py"), ("models/", "config.py")]

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from bingo.cli import main
-from bingo.compare import compare_table, flat_metrics, run_configs
 from bingo.config import load_config
 from bingo.errors import UserError
+from bingo.experiments.compare import compare_table, flat_metrics, run_configs
 from conftest import read_json, tiny_sets
 
 
@@ -60,7 +60,7 @@ def test_compare_two_methods_two_seeds(chain, tmp_path, capsys, bingo_logger_gua
 
 
 def test_an_interrupted_run_resumes_from_its_checkpoint(chain, tmp_path, capsys, bingo_logger_guard, monkeypatch):
-    from bingo import pipeline
+    from bingo.experiments import compare
 
     out = tmp_path / "cmp"
     # An interrupted run: checkpointed, but no student file yet.
@@ -68,8 +68,8 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(chain, tmp_path, capsys,
                  "--seed", "0", "--out", str(out / "moco" / "seed-0")]) == 0
     (out / "moco" / "seed-0" / "student.safetensors").unlink()
     calls = []
-    real = pipeline.run_distill
-    monkeypatch.setattr(pipeline, "run_distill", lambda cfg, folder, resume: calls.append(resume) or
+    real = compare.run_distill
+    monkeypatch.setattr(compare, "run_distill", lambda cfg, folder, resume: calls.append(resume) or
                         real(cfg, folder, resume))
     assert main(compare_args(chain, out, "--methods", "moco", "--seeds", "0", "--resume")) == 0
     assert calls == [True]

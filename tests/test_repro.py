@@ -9,10 +9,10 @@ import pytest
 import yaml
 
 from bingo.cli import main
-from bingo.compare import check_same_config
 from bingo.config import load_config
 from bingo.errors import UserError
-from bingo.repro import check_plan, verdict
+from bingo.experiments.compare import check_same_config
+from bingo.experiments.repro import check_plan, verdict
 from conftest import read_json, tiny_config, tiny_sets
 
 PLAN = """

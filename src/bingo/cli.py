@@ -221,11 +221,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "distill":
             pipeline.run_distill(cfg, args.out, args.resume, asked_bags(args))
         elif args.command == "compare":
-            from bingo.compare import run_compare
+            from bingo.experiments.compare import run_compare
 
             run_compare(cfg, args.out, args.resume)
         elif args.command == "repro":
-            from bingo.repro import run_repro
+            from bingo.experiments.repro import run_repro
 
             command = " ".join(["bingo", *(sys.argv[1:] if argv is None else argv)])
             report = run_repro(cfg, args.out, args.tables, args.resume, command, args.report)

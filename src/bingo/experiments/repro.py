@@ -31,9 +31,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bingo.compare import Evaluation, compare_table, eval_folder, run_configs, summarise, train_and_evaluate, train_run
 from bingo.config import Config, load_config
 from bingo.errors import UserError
+from bingo.experiments.compare import (
+    Evaluation,
+    compare_table,
+    eval_folder,
+    run_configs,
+    summarise,
+    train_and_evaluate,
+    train_run,
+)
+from bingo.models.checkpoints import load_encoder
+from bingo.pipeline import BAGS_FILE, TEACHER_FILE, current_evaluation, evaluate_into, run_bags, run_pretrain
+from bingo.plots import pyplot, save_figure
+from bingo.report import flat_metrics
 from bingo.training import is_rank_zero, prepare_run_folder, write_results
 
 log = logging.getLogger("bingo")
@@ -112,7 +124,6 @@ def check_plan(cfg: Config, tables: list[str] | None) -> list[str]:
 
 def teacher_file(cfg: Config, out: Path) -> Path:
     """The teacher given by --teacher, or one pretrained (or resumed, or reused) in OUT/teacher."""
-    from bingo.pipeline import TEACHER_FILE, run_pretrain
 
     if cfg.teacher.checkpoint:
         return Path(cfg.teacher.checkpoint)
@@ -125,8 +136,6 @@ def teacher_file(cfg: Config, out: Path) -> Path:
 
 def teacher_row(cfg: Config, out: Path) -> dict | None:
     """The teacher's own accuracies (evaluated once, reused), the reference row of the tables."""
-    from bingo.models.checkpoints import load_encoder
-    from bingo.pipeline import current_evaluation, evaluate_into
 
     if not is_rank_zero():
         return None
@@ -142,7 +151,6 @@ def teacher_row(cfg: Config, out: Path) -> dict | None:
 
 def _reference(results: dict) -> dict:
     """The teacher's accuracies from its evaluation's results."""
-    from bingo.report import flat_metrics
 
     (row,) = results["rows"].values()
     return flat_metrics(row)
@@ -150,7 +158,6 @@ def _reference(results: dict) -> dict:
 
 def bag_file(cfg: Config, out: Path, name: str) -> Path:
     """Bag file NAME of repro.bags, built on first use (from the teacher, or from run `model`'s first-seed student)."""
-    from bingo.pipeline import BAGS_FILE, run_bags
 
     spec = cfg.repro.bags[name] or {}
     folder = out / "bags" / name
@@ -279,7 +286,6 @@ def write_report(cfg: Config, out: Path, reference: dict | None) -> dict:
 
 def table_chart(summary: dict, reference: dict | None, path: Path) -> None:
     """Left: each run's accuracies (mean ± std over seeds; teacher dashed). Right: accuracy against training time."""
-    from bingo.plots import pyplot, save_figure
 
     plt = pyplot()
     runs = summary["runs"]

@@ -21,6 +21,15 @@ from bingo.config import Config, load_config, to_dict
 from bingo.errors import UserError
 from bingo.methods import METHODS, needs_teacher
 from bingo.models.checkpoints import load_encoder
+from bingo.pipeline import (
+    STUDENT_FILE,
+    check_protocols,
+    current_evaluation,
+    eval_datasets,
+    evaluate_into,
+    run_distill,
+    transfer_datasets,
+)
 from bingo.plots import plot_runs, pyplot, save_figure
 from bingo.report import flat_metrics
 from bingo.training import is_rank_zero, prepare_run_folder, write_results
@@ -72,8 +81,6 @@ class Evaluation:
     """The protocols every compared run is evaluated by, with the data sets they read (loaded once)."""
 
     def __init__(self, cfg: Config, protocols: tuple[str, ...]):
-        from bingo.pipeline import check_protocols, eval_datasets, transfer_datasets
-
         self.protocols = protocols
         self.datasets = eval_datasets(cfg)
         check_protocols(cfg, protocols, True, self.datasets[0])
@@ -103,7 +110,6 @@ def train_and_evaluate(run: Config, seed: int, root: Path, name: str, evaluation
 
 def train_run(run: Config, seed: int, root: Path, name: str) -> Path:
     """The student of one run for one seed: reused when finished, resumed when interrupted, else trained."""
-    from bingo.pipeline import STUDENT_FILE, run_distill
 
     folder = root / f"seed-{seed}"
     seeded = seeded_config(run, seed)
@@ -118,7 +124,6 @@ def train_run(run: Config, seed: int, root: Path, name: str) -> Path:
 
 def evaluate_run(run: Config, seed: int, student: Path, name: str, evaluation: Evaluation) -> dict:
     """A trained student's accuracies by the evaluation's protocols (reused when done) and its training time."""
-    from bingo.pipeline import current_evaluation, evaluate_into
 
     seeded = seeded_config(run, seed)
     folder = student.parent / "eval" / evaluation.folder
