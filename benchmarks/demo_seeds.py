@@ -22,8 +22,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from bingo.experiments.page import METRICS, SEEDS_FILE, machine_info  # noqa: E402
+from bingo.experiments.page import METRICS, SEEDS_FILE  # noqa: E402
 from bingo.report import flat_metrics  # noqa: E402
+from bingo.training import machine_info  # noqa: E402
 
 
 def main() -> None:

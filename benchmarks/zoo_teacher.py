@@ -26,9 +26,9 @@ from safetensors.torch import load_file, save_file
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from bingo.experiments.page import machine_info  # noqa: E402
 from bingo.plots import pyplot, save_figure  # noqa: E402
 from bingo.report import flat_metrics  # noqa: E402
+from bingo.training import machine_info  # noqa: E402
 from bingo.zoo import sha256, zoo_folder  # noqa: E402
 
 BINGO = str(ROOT / ".venv" / "bin" / "bingo")

@@ -7,7 +7,10 @@ import hashlib
 import io
 import json
 import logging
+import os
+import platform
 import resource
+import subprocess
 import time
 import warnings
 from collections import deque
@@ -452,3 +455,30 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text.getvalue()))
+
+
+def machine_info() -> dict:
+    """The machine and code a result was measured on: CPU, cores, GPU, torch, commit."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "python": platform.python_version(), "platform": platform.platform(),
+            "commit": git_commit()}
+
+
+def git_commit() -> str:
+    """The commit of the bingo source tree ('+changes' when it has uncommitted changes), or 'unknown'."""
+    here = Path(__file__).parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+changes" if dirty else "")

@@ -17,7 +17,7 @@ from pathlib import Path
 from bingo.config import Config
 from bingo.data.datasets import build_dataset
 from bingo.errors import UserError
-from bingo.experiments.page import machine_info, settings_digest, write_demo_page
+from bingo.experiments.page import settings_digest, write_demo_page
 from bingo.methods import METHODS
 from bingo.models.checkpoints import load_encoder
 from bingo.pipeline import (
@@ -33,7 +33,7 @@ from bingo.pipeline import (
     run_pretrain,
     slug,
 )
-from bingo.training import file_digest, peak_memory_mib, prepare_run_folder, write_results
+from bingo.training import file_digest, machine_info, peak_memory_mib, prepare_run_folder, write_results
 from bingo.zoo import resolve_checkpoint
 
 log = logging.getLogger("bingo")

@@ -12,15 +12,11 @@ import base64
 import hashlib
 import html
 import json
-import os
-import platform
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
 
 from bingo.config import Config, to_dict
@@ -54,32 +50,6 @@ CLAIMS = (Claim("BINGO's student beats MoCo-v2's at equal epochs", "student, BIN
                 "student, BINGO", "student, DisCo", at_least=True),
           Claim("BINGO's student is above the random-weight student", "student, BINGO", "student, random weights"),
           Claim("the teacher is ahead of raw pixels", "teacher (MoCo-v2)", "raw pixels"))
-
-
-def machine_info() -> dict:
-    """The machine and code a result was measured on: CPU, cores, GPU, torch, commit."""
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "commit": git_commit()}
-
-
-def git_commit() -> str:
-    """The commit of the bingo source tree ('+changes' when it has uncommitted changes), or 'unknown'."""
-    here = Path(__file__).parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return commit + ("+changes" if dirty else "")
 
 
 def settings_digest(cfg: Config, teacher_digest: str) -> str:

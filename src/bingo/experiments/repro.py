@@ -22,14 +22,11 @@ import copy
 import json
 import logging
 import math
-import os
-import platform
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from bingo.config import Config, load_config
 from bingo.errors import UserError
@@ -46,7 +43,7 @@ from bingo.models.checkpoints import load_encoder
 from bingo.pipeline import BAGS_FILE, TEACHER_FILE, current_evaluation, evaluate_into, run_bags, run_pretrain
 from bingo.plots import pyplot, save_figure
 from bingo.report import flat_metrics
-from bingo.training import is_rank_zero, prepare_run_folder, write_results
+from bingo.training import is_rank_zero, machine_info, prepare_run_folder, write_results
 
 log = logging.getLogger("bingo")
 RUN_KEYS, BAG_KEYS = {"method", "set", "bags"}, {"set", "model"}
@@ -261,20 +258,12 @@ def compute_seconds(out: Path) -> float:
     return round(sum(json.loads(f.read_text()).get("wall_time_s", 0.0) for f in files if f.exists()), 1)
 
 
-def machine() -> dict:
-    """What the experiment ran on."""
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_cores": os.cpu_count(), "device": device, "python": platform.python_version(),
-            "torch": torch.__version__}
-
-
 def write_report(cfg: Config, out: Path, reference: dict | None) -> dict:
     """OUT/results.json and OUT/results.md: every table done so far, each claim's verdict, machine, wall times."""
     summaries = {t: json.loads((out / "tables" / t / "results.json").read_text()) for t in cfg.repro.tables
                  if (out / "tables" / t / "results.json").exists()}
     parts = json.loads((out / "parts.json").read_text()) if (out / "parts.json").exists() else []
-    report = {"machine": machine(), "seeds": list(cfg.compare.seeds), "metrics": list(cfg.repro.metrics),
+    report = {"machine": machine_info(), "seeds": list(cfg.compare.seeds), "metrics": list(cfg.repro.metrics),
               "teacher": reference, "tables": summaries, "claims": judge(cfg, summaries, reference), "parts": parts,
               "wall_time_s": round(sum(p["wall_time_s"] for p in parts), 1), "compute_s": compute_seconds(out)}
     write_results(out, report)
@@ -318,8 +307,9 @@ def table_chart(summary: dict, reference: dict | None, path: Path) -> None:
 
 def report_markdown(cfg: Config, report: dict) -> str:
     """The report as Markdown: claims first, then one section per table."""
-    lines = ["# The paper's tables in miniature", "", f"Machine: {report['machine']['processor']}, "
-             f"{report['machine']['cpu_cores']} cores, {report['machine']['device']}, torch "
+    machine = report["machine"]
+    lines = ["# The paper's tables in miniature", "", f"Machine: {machine['cpu']}, "
+             f"{machine['cores']} cores, {machine['gpu'] or 'no GPU'}, torch "
              f"{report['machine']['torch']}. Time: {report['compute_s'] / 60:.0f} min, the sum of every training, "
              f"bag building and evaluation it holds; the parts below ran for {report['wall_time_s'] / 60:.0f} min "
              "(a part that was interrupted is not listed).", "",
