@@ -54,8 +54,11 @@ def test_demo_distils_from_a_given_teacher_and_resumes(chain, tmp_path):
     assert [r for r in results["rows"] if r.startswith("student, ") and "random" not in r] == [
         "student, BINGO", "student, MoCo-v2", "student, MoCo-v2, BINGO's wall time"]
     student = (out / "bingo" / "student.safetensors").read_bytes()
-    run_main(*args, "--resume")  # every stage reused: nothing trained again
+    evaluated = {p: p.stat().st_mtime_ns for p in out.rglob("eval/**/results.json")}
+    assert len(evaluated) == 8  # 5 references + 3 students, each student's beside its run
+    run_main(*args, "--resume")  # every stage reused: nothing trained or evaluated again
     assert (out / "bingo" / "student.safetensors").read_bytes() == student
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("eval/**/results.json")} == evaluated
     assert read_json(out / "results.json")["stage_wall_time_s"].keys() == {"evaluate"}
 
 

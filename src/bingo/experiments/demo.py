@@ -24,8 +24,9 @@ from bingo.pipeline import (
     BAGS_FILE,
     STUDENT_FILE,
     TEACHER_FILE,
+    current_evaluation,
     eval_datasets,
-    evaluate,
+    evaluate_into,
     random_encoder,
     read_json,
     run_bags,
@@ -47,7 +48,8 @@ def run_demo(cfg: Config, out: Path, resume: bool = False, command: str = "bingo
     shipped = None if cfg.demo.pretrain else Path(resolve_checkpoint(cfg.demo.teacher))
     if shipped:
         load_encoder(shipped, cfg.teacher, cfg.data)  # a missing or unfit teacher fails here, before any work
-    prepare_run_folder(out, cfg, resume, {"teacher": file_digest(shipped) if shipped else "pretrained"})
+    identity = {"teacher": file_digest(shipped) if shipped else "pretrained", "seed": cfg.seed}
+    prepare_run_folder(out, cfg, resume, identity)
     timings: dict[str, float] = {}
 
     def stage(name: str, folder: str, product: str, run: Callable[[Path], Path]) -> Path:
@@ -122,19 +124,29 @@ def student_summary(student: Path) -> dict:
 
 
 def evaluate_models(cfg: Config, out: Path, teacher: Path, students: dict[str, Path]) -> dict[str, dict]:
-    """kNN and linear rows of the references (pixels, random weights, the teacher) and of every student."""
+    """kNN and linear rows of the references (pixels, random weights, the teacher) and of every student.
+
+    A student's evaluation lies in its run folder (retraining it removes it); an evaluation made with
+    the same settings is reused.
+    """
     models = {"raw pixels": lambda: None,
               "teacher, random weights, BN at init": lambda: random_encoder(cfg, cfg.teacher, calibrated=False),
               "student, random weights, BN at init": lambda: random_encoder(cfg, cfg.student, calibrated=False),
               "student, random weights": lambda: random_encoder(cfg, cfg.student, calibrated=True),
               "teacher (MoCo-v2)": lambda: load_encoder(teacher, cfg.teacher, cfg.data)}
+    folders = {name: out / "eval" / slug(name) for name in models}
     for name, path in students.items():
         models[f"student, {_label(name)}"] = lambda p=path: load_encoder(p, cfg.student, cfg.data)
-    datasets = eval_datasets(cfg)
+        folders[f"student, {_label(name)}"] = path.parent / "eval"
+    datasets = None
     rows = {}
     for name, build in models.items():
-        log.info("evaluate %s ...", name)
-        rows[name] = evaluate(cfg, build(), ("knn", "linear"), out / "eval" / slug(name), datasets)
+        results = current_evaluation(folders[name] / "results.json", cfg)
+        if results is None:
+            log.info("evaluate %s ...", name)
+            datasets = datasets or eval_datasets(cfg)
+            results = evaluate_into(cfg, build(), name, ("knn", "linear"), folders[name], datasets)
+        rows[name] = next(iter(results["rows"].values()))
     return rows
 
 
