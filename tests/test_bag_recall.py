@@ -143,3 +143,6 @@ def test_zero_rows_are_refused_by_every_feature_strategy(hard_features):
     for strategy in ("knn", "kmeans"):
         with pytest.raises(UserError, match=r"an all-zero row \(row 42\)"):
             make_bags(BagsConfig(strategy=strategy, k=5, clusters=10), features, np.zeros(500, np.int64), seed=0)
+        bags = make_bags(BagsConfig(strategy=strategy, k=5, clusters=10), features, np.zeros(500, np.int64), seed=0,
+                         unreadable=[42])  # the zero row of an image listed as unreadable is accepted
+        assert len(bags) == 500

@@ -46,7 +46,8 @@ def test_embed_writes_the_teachers_normalised_features(chain, features):
     ("labels", [], lambda bags, labels: bags.purity(labels) == 1.0),
     ("random", [], lambda bags, labels: bags.neighbours.shape == (TRAIN_SIZE, 3)),
     ("knn", ["bags.index=IVF4,Flat", "bags.nprobe=4", "bags.recall_queries=50"],
-     lambda bags, labels: bags.meta["recall"] == {"at_k": 3, "queries": 50, "value": 1.0}),
+     lambda bags, labels: {k: bags.meta["recall"][k] for k in ("at_k", "queries")} == {"at_k": 3, "queries": 50}
+     and bags.meta["recall"]["value"] >= 0.95),
 ])
 def test_bags_from_a_features_file(features, tmp_path, strategy, extra, check):
     out = tmp_path / strategy

@@ -120,16 +120,17 @@ def run_bags(cfg: Config, out: Path) -> Path:
     started = time.perf_counter()
     data = build_dataset(cfg.data, "train")
     check_request(cfg.bags, len(data))
-    features, source, encoder = _bag_features(cfg, data)
+    features, source, encoder, unreadable = _bag_features(cfg, data)
     if features is not None and cfg.bags.strategy in FEATURE_STRATEGIES:
-        check_features(features)  # a bad features file is refused before the run folder exists
+        check_features(features, unreadable)  # a bad features file is refused before the run folder exists
     prepare_run_folder(out, cfg, resume=False)
     data.record_unreadable(out)
     if encoder is not None:
         features = embed(cfg, encoder, data, source, out / FEATURES_FILE)
+        unreadable = sorted(data.unreadable())
     if not is_rank_zero():  # the other processes only helped compute the features
         return out / BAGS_FILE
-    bags = make_bags(cfg.bags, features, data.labels, cfg.seed, cfg.trainer.progress_bar)
+    bags = make_bags(cfg.bags, features, data.labels, cfg.seed, cfg.trainer.progress_bar, unreadable)
     bags.meta |= {"images": len(data), "dataset": data.identity, "source": source, "feature_layer": "backbone",
                   "seed": cfg.seed}
     path = out / BAGS_FILE
@@ -145,8 +146,9 @@ def run_bags(cfg: Config, out: Path) -> Path:
     return path
 
 
-def _bag_features(cfg: Config, data: ImageDataset) -> tuple[np.ndarray | None, dict, Encoder | None]:
-    """Where the bags' features come from: (features already computed, source, or the encoder to compute them).
+def _bag_features(cfg: Config, data: ImageDataset) -> tuple[np.ndarray | None, dict, Encoder | None, list[int]]:
+    """Where the bags' features come from: (features already computed, source, or the encoder to compute them,
+    the rows of unreadable images in the features).
 
     A features file (bags.features), the student (strategy student: student.checkpoint, or 'random'),
     or the teacher; labels and random bags use the teacher's features only for the report, when given.
@@ -154,14 +156,14 @@ def _bag_features(cfg: Config, data: ImageDataset) -> tuple[np.ndarray | None, d
     bags = cfg.bags
     if bags.features:
         features, meta = load_features(Path(bags.features), data.identity)
-        return features, meta.get("source") or _source("features", bags.features), None
+        return features, meta.get("source") or _source("features", bags.features), None, meta.get("unreadable", [])
     if bags.strategy == "student":
         if not cfg.student.checkpoint:
             raise UserError("bags.strategy=student needs the student's weights: pass --model FILE (or 'random')")
-        return None, _source("student", cfg.student.checkpoint), _eval_model(cfg, cfg.student.checkpoint)
+        return None, _source("student", cfg.student.checkpoint), _eval_model(cfg, cfg.student.checkpoint), []
     if bags.strategy in FEATURE_STRATEGIES or cfg.teacher.checkpoint:
-        return None, _source("teacher", cfg.teacher.checkpoint), _load_teacher(cfg)
-    return None, {"kind": "none"}, None
+        return None, _source("teacher", cfg.teacher.checkpoint), _load_teacher(cfg), []
+    return None, {"kind": "none"}, None, []
 
 
 def _source(kind: str, model: str) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 
 import faiss
 import numpy as np
@@ -25,14 +26,15 @@ FEATURE_STRATEGIES = ("knn", "kmeans", "student")  # the strategies that need fe
 
 
 def make_bags(cfg: BagsConfig, features: np.ndarray | None, labels: np.ndarray, seed: int,
-              progress: bool = False) -> Bags:
-    """Bags of every image by `cfg.strategy`; `features` (N, D) L2-normalised where the strategy needs them."""
+              progress: bool = False, unreadable: Sequence[int] = ()) -> Bags:
+    """Bags of every image by `cfg.strategy`; `features` (N, D) L2-normalised where the strategy needs them,
+    zero on the rows of the `unreadable` images."""
     count = len(labels)
     check_request(cfg, count)
     if cfg.strategy in ("knn", "student"):
-        return neighbour_strategy(features, cfg, seed, progress)
+        return neighbour_strategy(features, cfg, seed, progress, unreadable)
     if cfg.strategy == "kmeans":
-        return kmeans_strategy(features, cfg.clusters, cfg.kmeans_iters, seed)
+        return kmeans_strategy(features, cfg.clusters, cfg.kmeans_iters, seed, unreadable)
     if cfg.strategy == "labels":
         return label_strategy(labels)
     if cfg.strategy == "self":
@@ -55,11 +57,12 @@ def check_request(cfg: BagsConfig, count: int) -> None:
         _check_size(cfg.k, count, "bags.k")
 
 
-def neighbour_strategy(features: np.ndarray, cfg: BagsConfig, seed: int, progress: bool = False) -> NeighbourBags:
+def neighbour_strategy(features: np.ndarray, cfg: BagsConfig, seed: int, progress: bool = False,
+                       unreadable: Sequence[int] = ()) -> NeighbourBags:
     """Each image's K nearest neighbours; an approximate index reports its recall against exact search."""
     count, dim = features.shape
     _check_size(cfg.k, count, "bags.k")
-    check_features(features)
+    check_features(features, unreadable)
     index = auto_index(count, dim) if cfg.index == "auto" else cfg.index
     meta = {"strategy": cfg.strategy, "kind": "neighbours", "k": cfg.k, "index": index}
     try:
@@ -96,12 +99,15 @@ def _search_effort(features: np.ndarray, index: str, cfg: BagsConfig, seed: int,
     return ("exact" if effort.parameters == "exact" else built), record
 
 
-def check_features(features: np.ndarray) -> None:
-    """Refuse features with NaN or infinite values or all-zero rows (no direction to compare), in one line."""
+def check_features(features: np.ndarray, unreadable: Sequence[int] = ()) -> None:
+    """Refuse features with NaN or infinite values, or all-zero rows (no direction to compare) other than
+    those of the `unreadable` images, in one line."""
+    listed = np.zeros(len(features), bool)
+    listed[[i for i in unreadable if 0 <= i < len(features)]] = True
     for start in range(0, len(features), BASE_CHUNK):
         rows = read_rows(features, start, min(len(features), start + BASE_CHUNK))
         bad = ~np.isfinite(rows).all(1)
-        zero = np.linalg.norm(np.nan_to_num(rows), axis=1) < 1e-6
+        zero = (np.linalg.norm(np.nan_to_num(rows), axis=1) < 1e-6) & ~listed[start:start + len(rows)]
         if bad.any() or zero.any():
             row = start + int(np.flatnonzero(bad | zero)[0])
             what = "NaN or infinite values" if bad.any() else "an all-zero row"
@@ -109,11 +115,12 @@ def check_features(features: np.ndarray) -> None:
                             "or remove those images")
 
 
-def kmeans_strategy(features: np.ndarray, clusters: int, iters: int, seed: int) -> GroupBags:
+def kmeans_strategy(features: np.ndarray, clusters: int, iters: int, seed: int,
+                    unreadable: Sequence[int] = ()) -> GroupBags:
     """Spherical k-means with C clusters; an image alone in its cluster falls back to its nearest neighbour."""
     count, dim = features.shape
     _check_size(clusters, count, "bags.clusters")
-    check_features(features)
+    check_features(features, unreadable)
     kmeans = faiss.Kmeans(dim, clusters, niter=iters, spherical=True, seed=seed, verbose=False,
                           max_points_per_centroid=256, min_points_per_centroid=1)
     sample = np.sort(np.random.default_rng(seed).permutation(count)[:clusters * 256])
