@@ -6,11 +6,15 @@ width 8, 128 training images, batches of 32, one epoch, queues of a few hundred 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
 import subprocess
 import sys
+import traceback
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,11 +75,43 @@ def tiny_encoder(seed: int = 0) -> Encoder:
     return Encoder(tiny_model_config(), 3)
 
 
-def run_cli(*args: str | Path, timeout: float = 180) -> subprocess.CompletedProcess:
+def run_process(*args: str | Path, timeout: float = 180) -> subprocess.CompletedProcess:
     """`python -m bingo ARGS` in a subprocess; stdout and stderr captured as text."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "bingo", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=env)
+
+
+def run_cli(*args: str | Path, timeout: float = 180) -> subprocess.CompletedProcess:
+    """`bingo ARGS` run in this process as a subprocess would see it: exit status, stdout, and on stderr the
+    log lines, the warnings a terminal would show and the traceback of an uncaught exception.
+
+    A subprocess spends ~5 s importing torch and Lightning; the few tests about the real process use
+    `run_process`. `timeout` is kept for the same call signature.
+    """
+    from bingo.cli import main
+
+    argv = [str(arg) for arg in args]
+    stdout, stderr = io.StringIO(), io.StringIO()
+    logger = logging.getLogger("bingo")
+    handlers = list(logger.handlers)
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), \
+            warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        try:
+            code = main(argv)
+        except SystemExit as stop:  # argparse refusing the command line
+            code = stop.code if isinstance(stop.code, int) else 1
+        except Exception:  # what would reach the user as a traceback
+            traceback.print_exc()
+            code = 1
+        finally:
+            for handler in logger.handlers[:]:
+                if handler not in handlers:
+                    logger.removeHandler(handler)
+    hidden = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)  # Python's defaults
+    shown = "".join(f"{w.category.__name__}: {w.message}\n" for w in caught if not issubclass(w.category, hidden))
+    return subprocess.CompletedProcess(["bingo", *argv], code, stdout.getvalue(), stderr.getvalue() + shown)
 
 
 def check_ok(proc: subprocess.CompletedProcess) -> None:

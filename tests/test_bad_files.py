@@ -40,7 +40,7 @@ from bingo.data.datasets import build_dataset
 from bingo.eval.semi import SUBSETS_FILE, label_subsets
 from bingo.models.encoder import Encoder
 from bingo.pipeline import run_cache
-from conftest import EMBED, TRAIN_SIZE, run_cli, snapshot, tiny_config, tiny_encoder, tiny_model_config, tiny_sets
+from conftest import EMBED, TRAIN_SIZE, run_process, snapshot, tiny_config, tiny_encoder, tiny_model_config, tiny_sets
 
 KINDS = ("missing", "empty", "truncated", "text", "pickle", "zip")
 
@@ -274,7 +274,7 @@ def test_the_command_prints_one_line(goods, tmp_path):
     """The real command, in its own process, on a checkpoint that Lightning reads for --resume."""
     args, named, fix = make_case("resume-pickle", goods, tmp_path)
     before = contents(tmp_path / "run")
-    proc = run_cli(*args)
+    proc = run_process(*args)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert str(named) in lines[0] and fix in lines[0] and "Traceback" not in proc.stderr

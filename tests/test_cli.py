@@ -18,7 +18,18 @@ from bingo.cli import main
 from bingo.config import from_dict
 from bingo.data.datasets import build_dataset
 from bingo.models.checkpoints import load_encoder
-from conftest import BATCH, QUEUE, TRAIN_SIZE, check_ok, read_json, run_cli, snapshot, tiny_config, tiny_sets
+from conftest import (
+    BATCH,
+    QUEUE,
+    TRAIN_SIZE,
+    check_ok,
+    read_json,
+    run_cli,
+    run_process,
+    snapshot,
+    tiny_config,
+    tiny_sets,
+)
 
 RUN_FILES = {"config.yaml", "results.json", "checkpoints/last.ckpt"}
 
@@ -280,7 +291,7 @@ def test_bad_input_is_one_line_and_exit_2(case, chain, tmp_path, capsys, bingo_l
 @pytest.mark.parametrize("case", ["bags for another data set", "malicious teacher pickle"])
 def test_bad_input_in_a_real_process(case, chain, tmp_path):
     make_args, message = BAD_INPUTS[case]
-    proc = run_cli(*make_args(chain, tmp_path))
+    proc = run_process(*make_args(chain, tmp_path))
     assert proc.returncode == 2
     assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("bingo: error: "), proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr + proc.stdout

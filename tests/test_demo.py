@@ -23,7 +23,7 @@ def _row(knn: float, linear: float) -> dict:
 def test_demo_pretrains_a_teacher_when_asked(tmp_path):
     out = tmp_path / "demo"
     sets = tiny_sets("demo.pretrain=true", "trainer.loggers=[csv]")
-    proc = run_cli("demo", *sets, "--out", out)  # the one real process of this file
+    proc = run_cli("demo", *sets, "--out", out)
     check_ok(proc)
     results = read_json(out / "results.json")
     assert list(results["rows"]) == [*REFERENCES, "student, BINGO", "student, MoCo-v2", "student, DisCo",
