@@ -34,7 +34,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples
 
 test: lint
-	$(BIN)/python -m pytest -q -n 2  # two processes: most tests are single-threaded subprocesses
+	$(BIN)/python -m pytest -q -n 2  # two processes: the tests are single-threaded
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
