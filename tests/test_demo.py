@@ -107,7 +107,11 @@ def test_verdicts_weigh_differences_against_the_seed_spread():
 def test_the_teacher_claim_needs_no_seeds_and_the_digest_follows_training_settings():
     teacher_claim = CLAIMS[-1]
     rows = {"teacher (MoCo-v2)": _row(86.0, 87.0), "raw pixels": _row(84.0, 83.0)}
-    assert judge(teacher_claim, rows, None).endswith("**holds**.")
+    assert judge(teacher_claim, rows, None, test_images=10_000).endswith("**holds**.")
+    tied = {**rows, "teacher (MoCo-v2)": _row(84.02, 87.0)}  # +0.02 kNN@10: within the test set's standard error
+    assert "**inconclusive**" in judge(teacher_claim, tied, None, test_images=10_000)
+    assert "**holds**" in judge(teacher_claim, tied, None, test_images=10_000_000)
+    assert "no verdict" in judge(teacher_claim, rows, None)  # no test set size: nothing to judge against
     from conftest import tiny_config
 
     base = settings_digest(tiny_config(), "t1")

@@ -86,7 +86,8 @@ def run_demo(cfg: Config, out: Path, resume: bool = False, command: str = "bingo
                "bags": read_json(out / "bags" / "results.json"), "seed": cfg.seed,
                "teacher": {"file": str(teacher), "source": cfg.demo.teacher if shipped else "pretrained"},
                "students": {name: student_summary(path) for name, path in students.items()},
-               "equal_time_epochs": equal_time, "machine": machine_info(), "command": command,
+               "equal_time_epochs": equal_time, "test_images": len(build_dataset(cfg.data, "test")),
+               "machine": machine_info(), "command": command,
                "settings": settings_digest(cfg, file_digest(teacher))}
     write_results(out, results)
     print(write_demo_page(out, results))

@@ -27,8 +27,9 @@ from bingo.report import flat_metrics, results_table
 FIGURES = "demo-figures"  # charts of the page, beside results.md (docs/ keeps the same layout)
 SEEDS_FILE = Path(__file__).with_name("demo_seeds.json")
 METRICS = ("kNN@10 top-1", "linear top-1")
-REFERENCES = {"raw pixels": ("black", "--"), "student, random weights": ("grey", ":"),
+REFERENCES = {"raw pixels": ("black", "--"), "student, random weights, BN at init": ("grey", ":"),
               "teacher (MoCo-v2)": ("tab:green", "-")}
+SEEDLESS = ("teacher (MoCo-v2)", "raw pixels")  # rows that do not depend on the demo's seed
 COLOURS = {"BINGO": "tab:blue", "teacher": "tab:green"}  # every other student: PEER_COLOUR
 PEER_COLOUR = "tab:orange"
 
@@ -48,7 +49,8 @@ CLAIMS = (Claim("BINGO's student beats MoCo-v2's at equal epochs", "student, BIN
                 "student, MoCo-v2, BINGO's wall time"),
           Claim("BINGO's student is at least as good as DisCo's (the strongest peer in docs/results.md)",
                 "student, BINGO", "student, DisCo", at_least=True),
-          Claim("BINGO's student is above the random-weight student", "student, BINGO", "student, random weights"),
+          Claim("BINGO's student is above the random-weight student (the stronger of the two: BatchNorm at init)",
+                "student, BINGO", "student, random weights, BN at init"),
           Claim("the teacher is ahead of raw pixels", "teacher (MoCo-v2)", "raw pixels"))
 
 
@@ -71,8 +73,12 @@ def seed_spread(digest: str, path: Path = SEEDS_FILE) -> dict | None:
     return measured if measured.get("settings") == digest else None
 
 
-def judge(claim: Claim, rows: dict[str, dict], seeds: dict | None) -> str | None:
-    """One sentence: the claim, its differences here and over the seeds, and the verdict; None when not measured."""
+def judge(claim: Claim, rows: dict[str, dict], seeds: dict | None, test_images: int | None = None) -> str | None:
+    """One sentence: the claim, its differences here and over the seeds, and the verdict; None when not measured.
+
+    The teacher and raw pixels do not depend on the seed: their differences are judged against the
+    standard error of a difference of two accuracies on `test_images` images.
+    """
     if claim.better not in rows or claim.worse not in rows:
         return None
     here = {m: flat_metrics(rows[claim.better]).get(m, np.nan) - flat_metrics(rows[claim.worse]).get(m, np.nan)
@@ -80,10 +86,13 @@ def judge(claim: Claim, rows: dict[str, dict], seeds: dict | None) -> str | None
     said = " / ".join(f"{here[m]:+.1f} {m.removesuffix(' top-1')}" for m in METRICS)
     students = (seeds or {}).get("students", {})
     if claim.better not in students or claim.worse not in students:
-        fixed = claim.better in ("teacher (MoCo-v2)",) and claim.worse in ("raw pixels",)
-        verdict = _verdict({m: (here[m], 0.0) for m in METRICS}, claim.at_least) if fixed else \
-            "no verdict: one seed, and no seed spread measured for these settings (benchmarks/demo_seeds.py)"
-        return f"{claim.text}: {said} here; {verdict}."
+        if claim.better in SEEDLESS and claim.worse in SEEDLESS and test_images:
+            error = {m: _standard_error(rows[claim.better], rows[claim.worse], m, test_images) for m in METRICS}
+            spread = " / ".join(f"{error[m]:.1f}" for m in METRICS)
+            verdict = _verdict({m: (here[m], error[m]) for m in METRICS}, claim.at_least)
+            return f"{claim.text}: {said} (standard error {spread} on {test_images:,} test images); {verdict}."
+        return (f"{claim.text}: {said} here; no verdict: one seed, and no seed spread measured for these "
+                "settings (benchmarks/demo_seeds.py).")
     paired = {}
     for m in METRICS:
         better, worse = np.array(students[claim.better][m]), np.array(students[claim.worse][m])
@@ -93,6 +102,12 @@ def judge(claim: Claim, rows: dict[str, dict], seeds: dict | None) -> str | None
     verdict = _verdict(paired, claim.at_least)
     return (f"{claim.text}: {said} here; over {len(seeds['seeds'])} seeds {over} "
             f"(mean paired difference, the larger seed standard deviation of the two); {verdict}.")
+
+
+def _standard_error(better: dict, worse: dict, metric: str, images: int) -> float:
+    """Standard error, in points, of the difference of two independent accuracies measured on `images` images."""
+    p, q = flat_metrics(better)[metric] / 100, flat_metrics(worse)[metric] / 100
+    return 100 * float(np.sqrt((p * (1 - p) + q * (1 - q)) / images))
 
 
 def _verdict(differences: dict[str, tuple[float, float]], at_least: bool) -> str:
@@ -143,7 +158,8 @@ def write_demo_page(out: Path, results: dict) -> str:
         charts["Bags: each row an anchor and its nearest neighbours in the teacher's features"] = \
             Path(shutil.copyfile(out / "bags" / "montage.png", figures / "bags-montage.png"))
     seeds = seed_spread(results["settings"])
-    verdicts = [v for v in (judge(claim, results["rows"], seeds) for claim in CLAIMS) if v]
+    verdicts = [v for v in (judge(claim, results["rows"], seeds, results.get("test_images"))
+                            for claim in CLAIMS) if v]
     markdown = _markdown(results, charts, verdicts, seeds)
     atomic_write(out / "results.md", lambda tmp: Path(tmp).write_text(markdown))
     page = _html(results, charts, verdicts)
