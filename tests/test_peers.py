@@ -60,8 +60,8 @@ def test_compress_loss_matches_formula(banks):
 
 def test_squared_error_and_cosine_regression():
     s, t = unit(3, 4, seed=1), unit(3, 4, seed=2)
-    want = sum(float((s[i, j] - t[i, j]) ** 2) for i in range(3) for j in range(4))
-    assert float(squared_error(s, t)) == pytest.approx(want)
+    want = [sum(float((s[i, j] - t[i, j]) ** 2) for j in range(4)) for i in range(3)]
+    assert squared_error(s, t).tolist() == pytest.approx(want)
     prediction, target = 3 * unit(3, 4, seed=5), 0.5 * unit(3, 4, seed=6)  # scale does not matter
     got = cosine_regression(prediction, target)
     for i in range(3):
@@ -74,7 +74,7 @@ def test_peer_losses_send_no_gradient_to_teacher_or_banks():
     t, queue, bank = (unit(3, 6, seed=2).requires_grad_(), unit(5, 6, seed=3).requires_grad_(),
                       unit(5, 6, seed=4).requires_grad_())
     (seed_loss(s, t, queue, 0.2, 0.01).sum() + compress_loss(s, t, bank, queue, 0.04).sum()
-     + squared_error(s, t) + cosine_regression(s, t).sum()).backward()
+     + squared_error(s, t).sum() + cosine_regression(s, t).sum()).backward()
     assert s.grad is not None and s.grad.abs().sum() > 0
     assert t.grad is None and queue.grad is None and bank.grad is None
 
@@ -126,6 +126,23 @@ CHANGED = {
     "bingo": {"student", "queue"},
     "bingo-momentum-keys": {"student", "key_encoder", "queue"},
 }
+
+
+def test_disco_weighs_its_squared_error_as_the_official_per_gpu_sum_whatever_the_batch(monkeypatch):
+    logged = []
+    monkeypatch.setattr(Method, "log_terms", lambda self, terms, batch_size: logged.append(terms))
+    module = BUILDERS["disco"]().train()
+    (first, second), labels, indices = batch_for(module)
+    module.training_step(((first, second), labels, indices), 0)
+    module.training_step(((first.repeat(2, 1, 1, 1), second.repeat(2, 1, 1, 1)), labels.repeat(2),
+                          indices.repeat(2)), 0)  # the same images twice: twice the batch, the same mean
+    with torch.no_grad():  # no optimiser step was taken: the student is the one both steps saw
+        errors = [squared_error(module.student(view), module.teacher(view)) for view in (first, second)]
+    assert float(logged[0]["distill"].detach()) == pytest.approx(float(logged[1]["distill"].detach()), rel=1e-4)
+    assert float(logged[0]["distill"].detach()) == pytest.approx(32 * float(sum(e.mean() for e in errors)), rel=1e-4)
+    assert len(first) != 32  # so that a sum over the batch would differ
+    with pytest.raises(UserError, match="images_per_sum must be at least 1"):
+        DisCo(**pair(), moco=MoCoConfig(queue_size=32), disco=DiscoConfig(images_per_sum=0))
 
 
 @pytest.mark.parametrize("name", list(BUILDERS))

@@ -140,7 +140,10 @@ class CompressConfig:
 class DiscoConfig:
     """DisCo: MoCo-v2 on the student (distill.moco) plus squared error to the teacher's embeddings."""
 
-    weight: float = 1.0  # weight of each view's squared-error term (summed over the batch)
+    weight: float = 1.0  # weight of each view's squared-error term
+    # DisCo's official code sums the error over each GPU's 32 images and averages over GPUs: the term is
+    # weight x images_per_sum x the mean over images, whatever the batch and the number of processes
+    images_per_sum: int = 32
 
 
 @dataclass

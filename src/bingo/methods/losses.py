@@ -106,15 +106,15 @@ def compress_loss(student: torch.Tensor, teacher: torch.Tensor, student_bank: to
 
 
 def squared_error(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """DisCo's distillation term: Σ_b ||s_b - t_b||², summed over the batch as DisCo's official code does.
+    """DisCo's distillation term per image: ||s_b - t_b||² (arXiv 2104.09124).
 
     Args:
         student: (B, D) normalised student embeddings (receive gradient).
         teacher: (B, D) normalised teacher embeddings of the same views (no gradient).
     Returns:
-        scalar.
+        (B,) squared errors.
     """
-    return (student - teacher.detach()).pow(2).sum()
+    return (student - teacher.detach()).pow(2).sum(1)
 
 
 def cosine_regression(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from bingo.config import CompressConfig, DiscoConfig, MoCoConfig, OptimConfig, SeedConfig, SimRegConfig
+from bingo.errors import UserError
 from bingo.methods.base import Method, alignment, require_same_dim
 from bingo.methods.losses import compress_loss, cosine_regression, seed_loss, squared_error
 from bingo.methods.moco import MoCo
@@ -102,6 +103,8 @@ class DisCo(MoCo):
         super().__init__(student=student, teacher=teacher, optim=optim, moco=moco, teacher_bn=teacher_bn,
                          run_info=run_info)
         require_same_dim(student.embed_dim, teacher.embed_dim, "embedding", "student.embed_dim")
+        if disco.images_per_sum < 1:
+            raise UserError(f"distill.disco.images_per_sum must be at least 1, not {disco.images_per_sum}")
         self.disco = disco
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
@@ -110,8 +113,8 @@ class DisCo(MoCo):
         terms, first_student = self.moco_terms(first, second)
         second_student = self.student(second)
         first_teacher, second_teacher = self.teacher_keys(first, second, cached=cached)
-        terms["distill"] = self.disco.weight * (squared_error(first_student, first_teacher)
-                                                + squared_error(second_student, second_teacher))
+        errors = squared_error(first_student, first_teacher) + squared_error(second_student, second_teacher)  # (B,)
+        terms["distill"] = self.disco.weight * self.disco.images_per_sum * errors.mean()
         terms["loss"] = terms["moco"] + terms["distill"]
         terms["alignment"] = alignment(first_student, first_teacher)
         self.log_terms(terms, len(first))
