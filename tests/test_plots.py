@@ -64,12 +64,13 @@ def test_read_metrics_series_and_axes(tmp_path, reverse_header):
 
 def test_plot_runs_writes_three_charts(tmp_path, monkeypatch):
     runs = {"bingo": fake_run(tmp_path / "a"), "moco": fake_run(tmp_path / "b", terms=("moco", "anchor"))}
-    charts = {}
+    charts, colours = {}, {}
     save = plots.save_figure
 
     def record(figure, path):
         charts[path.name] = [(axis.get_title(), [line.get_label() for line in axis.get_lines()])
                              for axis in figure.axes if axis.get_visible()]
+        colours[path.name] = {(line.get_label(), line.get_color()) for axis in figure.axes for line in axis.get_lines()}
         save(figure, path)
 
     monkeypatch.setattr(plots, "save_figure", record)
@@ -80,6 +81,8 @@ def test_plot_runs_writes_three_charts(tmp_path, monkeypatch):
         assert path.read_bytes().startswith(PNG_SIGNATURE) and path.stat().st_size > 1000
     assert charts["losses.png"] == [("train/loss", ["bingo", "moco"]), ("train/anchor", ["bingo", "moco"]),
                                     ("train/intra", ["bingo", "moco"]), ("train/moco", ["moco"])]
+    # one colour per run in every panel, the panel that only one run has included
+    assert len(colours["losses.png"]) == 2 and len({colour for _, colour in colours["losses.png"]}) == 2
     assert charts["monitor.png"] == [("monitor/knn_top1", ["bingo", "moco"]), ("monitor/knn_top5", ["bingo", "moco"])]
     assert {title for title, _ in charts["training.png"]} == {"train/alignment", "train/lr",
                                                                "train|device/samples_per_sec"}

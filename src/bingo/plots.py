@@ -98,11 +98,12 @@ def _plot_panels(data: dict[str, Series], names: list[str], xlabel: str, path: P
     figure, axes = pyplot().subplots(rows, columns, squeeze=False, figsize=(4.5 * columns, 3.2 * rows))
     for axis in axes.flat[len(names):]:
         axis.set_visible(False)
+    colours = {label: f"C{i % 10}" for i, label in enumerate(data)}  # one colour per run, in every panel
     for axis, name in zip(axes.flat, names, strict=False):
         for label, series in data.items():
             if name in series:
-                axis.plot(*series[name], label=label, linewidth=1, marker="o" if xlabel == "epoch" else None,
-                          markersize=3)
+                axis.plot(*series[name], label=label, color=colours[label], linewidth=1,
+                          marker="o" if xlabel == "epoch" else None, markersize=3)
         axis.set_title(name, fontsize=9)
         axis.set_xlabel(xlabel)
     legend_below(figure, axes.flat)
