@@ -106,3 +106,23 @@ def test_no_gradient_reaches_keys_or_queue(embeddings):
     for name in ("za", "zp", "zm"):
         assert e[name].grad is not None and e[name].grad.abs().sum() > 0
     assert not terms["intra"].requires_grad and not terms["inter"].requires_grad
+
+
+def test_losses_are_computed_in_float32_under_bf16_autocast():
+    from bingo.methods.losses import compress_loss, cosine_regression, seed_loss, squared_error
+
+    z, y, queue = unit(8, 32, seed=1).float(), unit(8, 32, seed=2).float(), unit(4096, 32, seed=3).float()
+    z = (0.9 * y + 0.1 * z) / (0.9 * y + 0.1 * z).norm(dim=1, keepdim=True)  # queries close to their keys
+    cases = {"info_nce": lambda: info_nce(z, y.unsqueeze(1), queue, 0.1),
+             "seed": lambda: seed_loss(z, y, queue, 0.2, 1e-4),
+             "compress": lambda: compress_loss(z, y, queue, queue, 0.04),
+             "squared": lambda: squared_error(z, y), "cosine": lambda: cosine_regression(z, y)}
+    for name, loss in cases.items():
+        exact = loss()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = loss()
+        assert mixed.dtype == torch.float32, name
+        torch.testing.assert_close(mixed, exact, rtol=1e-5, atol=1e-5, msg=name)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what the losses would be without full_precision
+        rounded = info_nce.__wrapped__(z.bfloat16(), y.unsqueeze(1).bfloat16(), queue.bfloat16(), 0.1)
+    assert (rounded.float() - cases["info_nce"]()).abs().max() > 1e-3

@@ -2,10 +2,35 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
 
+def full_precision(loss: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """`loss` computed with autocast off, its float16 / bfloat16 arguments cast to float32 (gradients flow back).
+
+    Under bf16 autocast a cosine near 1 is rounded to steps of 2^-8; divided by τ = 0.1 (1e-4 for SEED's
+    teacher) and compared over thousands of queue keys, that rounding swamps the differences the loss is
+    made of. The matrix products here are small next to the networks'.
+    """
+
+    @functools.wraps(loss)
+    def in_float32(*args: object, **kwargs: object) -> torch.Tensor:
+        def up(value: object) -> object:
+            low = isinstance(value, torch.Tensor) and value.dtype in (torch.float16, torch.bfloat16)
+            return value.float() if low else value
+
+        device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
+        with torch.autocast(device_type=device, enabled=False):
+            return loss(*map(up, args), **{k: up(v) for k, v in kwargs.items()})
+
+    return in_float32
+
+
+@full_precision
 def info_nce(queries: torch.Tensor, positive_keys: torch.Tensor, negatives: torch.Tensor,
              temperature: float) -> torch.Tensor:
     """InfoNCE of each query against each of its positives, all sharing the same negatives.
@@ -64,6 +89,7 @@ def bingo_loss(anchor: torch.Tensor, positive: torch.Tensor | None, mixed: torch
     return {"loss": loss, **terms, "intra": ce_anchor[0].detach(), "inter": ce_anchor[1].detach()}
 
 
+@full_precision
 def seed_loss(student: torch.Tensor, teacher: torch.Tensor, queue: torch.Tensor, student_temperature: float,
               teacher_temperature: float) -> torch.Tensor:
     """SEED's soft cross-entropy between teacher and student similarity distributions.
@@ -85,6 +111,7 @@ def seed_loss(student: torch.Tensor, teacher: torch.Tensor, queue: torch.Tensor,
     return -(target * F.log_softmax(student_logits / student_temperature, dim=1)).sum(1)
 
 
+@full_precision
 def compress_loss(student: torch.Tensor, teacher: torch.Tensor, student_bank: torch.Tensor,
                   teacher_bank: torch.Tensor, temperature: float) -> torch.Tensor:
     """CompRess: KL(teacher's similarity distribution over its bank || student's over its bank).
@@ -105,6 +132,7 @@ def compress_loss(student: torch.Tensor, teacher: torch.Tensor, student_bank: to
     return (teacher_log_p.exp() * (teacher_log_p - student_log_p)).sum(1)
 
 
+@full_precision
 def squared_error(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """DisCo's distillation term per image: ||s_b - t_b||² (arXiv 2104.09124).
 
@@ -117,6 +145,7 @@ def squared_error(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return (student - teacher.detach()).pow(2).sum(1)
 
 
+@full_precision
 def cosine_regression(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """SimReg: 2 - 2·cos(prediction, target) per image.
 
