@@ -33,17 +33,20 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=1800.0, help="bags.time_budget (s)")
     parser.add_argument("--index", default="auto", help="bags.index (auto: approximate above 200,000 rows)")
     parser.add_argument("--check-queries", type=int, default=2000, help="fresh queries for the final recall")
+    parser.add_argument("--fixed", action="store_true",
+                        help="no target: the fixed effort bags.nprobe / bags.refine_factor, as before bags.recall")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     features = np.load(args.features, mmap_mode="r")
-    cfg = BagsConfig(k=5, index=args.index, recall=args.recall, time_budget=args.budget)
+    cfg = BagsConfig(k=5, index=args.index, recall=args.recall, time_budget=args.budget,
+                     **({"recall_queries": 0} if args.fixed else {}))
     started = time.perf_counter()
     bags = neighbour_strategy(features, cfg, seed=0)
     seconds = time.perf_counter() - started
     checked = recall_at_k(features, bags.neighbours, args.check_queries, seed=12345)
     record = bags.meta.get("recall") or {}
     result = {"features": str(args.features), "rows": len(features), "dim": features.shape[1],
-              "index": bags.meta["index"], "target": args.recall, "budget_s": args.budget,
+              "index": bags.meta["index"], "target": None if args.fixed else args.recall, "budget_s": args.budget,
               "total_s": round(seconds, 1), "checked_recall": round(checked, 4),
               "check_queries": args.check_queries, **record}
     for point in record.get("points", []):

@@ -13,7 +13,7 @@ from conftest import check_ok, read_json, run_cli, run_main, tiny_sets
 
 FAST = ("demo.methods=[bingo,moco]", "demo.equal_time=[moco]", "eval.linear.epochs=1")
 REFERENCES = ["raw pixels", "teacher, random weights, BN at init", "student, random weights, BN at init",
-              "student, random weights", "teacher (MoCo-v2)"]
+              "teacher (MoCo-v2)"]
 
 
 def _row(knn: float, linear: float) -> dict:
@@ -55,11 +55,11 @@ def test_demo_distils_from_a_given_teacher_and_resumes(chain, tmp_path):
         "student, BINGO", "student, MoCo-v2", "student, MoCo-v2, BINGO's wall time"]
     student = (out / "bingo" / "student.safetensors").read_bytes()
     evaluated = {p: p.stat().st_mtime_ns for p in out.rglob("eval/**/results.json")}
-    assert len(evaluated) == 8  # 5 references + 3 students, each student's beside its run
+    assert len(evaluated) == 7  # 4 references + 3 students, each student's beside its run
     run_main(*args, "--resume")  # every stage reused: nothing trained or evaluated again
     assert (out / "bingo" / "student.safetensors").read_bytes() == student
     assert {p: p.stat().st_mtime_ns for p in out.rglob("eval/**/results.json")} == evaluated
-    assert read_json(out / "results.json")["stage_wall_time_s"].keys() == {"evaluate"}
+    assert read_json(out / "results.json")["stage_wall_time_s"] == results["stage_wall_time_s"]  # times they took
 
 
 @pytest.mark.parametrize("sets, says", [

@@ -89,7 +89,7 @@ def judge(claim: Claim, rows: dict[str, dict], seeds: dict | None, test_images: 
         if claim.better in SEEDLESS and claim.worse in SEEDLESS and test_images:
             error = {m: _standard_error(rows[claim.better], rows[claim.worse], m, test_images) for m in METRICS}
             spread = " / ".join(f"{error[m]:.1f}" for m in METRICS)
-            verdict = _verdict({m: (here[m], error[m]) for m in METRICS}, claim.at_least)
+            verdict = _verdict({m: (here[m], error[m]) for m in METRICS}, claim.at_least, "its standard error")
             return f"{claim.text}: {said} (standard error {spread} on {test_images:,} test images); {verdict}."
         return (f"{claim.text}: {said} here; no verdict: one seed, and no seed spread measured for these "
                 "settings (benchmarks/demo_seeds.py).")
@@ -110,13 +110,13 @@ def _standard_error(better: dict, worse: dict, metric: str, images: int) -> floa
     return 100 * float(np.sqrt((p * (1 - p) + q * (1 - q)) / images))
 
 
-def _verdict(differences: dict[str, tuple[float, float]], at_least: bool) -> str:
+def _verdict(differences: dict[str, tuple[float, float]], at_least: bool, spread: str = "the seed spread") -> str:
     """'holds' when every difference clears its spread (or, for at_least, stays above minus it); else the rest."""
     if all(d > s for d, s in differences.values()) or (at_least and all(d > -s for d, s in differences.values())):
         return "**holds**"
     if all(d < -s for d, s in differences.values()):
         return "**reversed**"
-    return "**inconclusive** (a difference within the seed spread)"
+    return f"**inconclusive** (a difference within {spread})"
 
 
 def accuracy_chart(rows: dict[str, dict], path: Path) -> Path:
