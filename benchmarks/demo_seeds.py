@@ -49,8 +49,9 @@ def main() -> None:
     digests = {r["settings"] for r in results.values()}
     if len(digests) != 1:
         sys.exit(f"the seeds' demos were run with different settings ({digests}); start again in an empty --out")
+    names = [n for n in results[args.seeds[0]]["rows"] if all(n in results[s]["rows"] for s in args.seeds)]
     students = {name: {m: [flat_metrics(results[s]["rows"][name])[m] for s in args.seeds] for m in METRICS}
-                for name in results[args.seeds[0]]["rows"]}
+                for name in names}  # the rows every seed has (a demo re-rendered later may have dropped one)
     spread = {"command": " ".join(["python benchmarks/demo_seeds.py", *sys.argv[1:]]),
               "commit": machine_info()["commit"], "machine": results[args.seeds[0]]["machine"],
               "settings": digests.pop(), "seeds": args.seeds, "students": students}
