@@ -10,7 +10,9 @@ from bingo.methods.moco import MoCo
 from bingo.methods.peers import Compress, DisCo, Seed, SimReg
 from bingo.models.encoder import Encoder
 
-METHODS = ("moco", "seed", "compress-1q", "compress-2q", "disco", "simreg", "bingo")
+CLASSES: dict[str, type[Method]] = {"moco": MoCo, "seed": Seed, "compress-1q": Compress, "compress-2q": Compress,
+                                    "disco": DisCo, "simreg": SimReg, "bingo": Bingo}
+METHODS = tuple(CLASSES)
 
 
 def needs_teacher(cfg: Config) -> bool:
@@ -35,6 +37,13 @@ def build_method(cfg: Config, student: Encoder, teacher: Encoder | None, run_inf
     }
     if d.method not in builders:
         raise UserError(f"unknown method '{d.method}'; choose one of: {', '.join(METHODS)}")
+    momentum_keys = d.method == "bingo" and d.bingo.keys == "momentum"  # no teacher keys: the teacher is not run
+    if teacher is not None and teacher.head is None and CLASSES[d.method].uses_teacher_embeddings and not momentum_keys:
+        able = [name for name, cls in CLASSES.items() if cls is not MoCo and not cls.uses_teacher_embeddings]
+        raise UserError(f"the teacher has no projection head (its checkpoint holds a backbone only), so {d.method} "
+                        f"cannot distil its embeddings; {', '.join(able[:-1])} and {able[-1]} can (they use the "
+                        "teacher's backbone features), and so can bingo with distill.bingo.keys=momentum (no "
+                        "teacher keys; its bags come from backbone features)")
     return builders[d.method]()
 
 

@@ -49,9 +49,8 @@ class Method(L.LightningModule):
         self.on_train_epoch_start()
         if teacher is not None and teacher.head is None and self.uses_teacher_embeddings:
             raise UserError(f"the teacher has no projection head (its checkpoint holds a backbone only), so "
-                            f"{type(self).__name__.lower()} cannot distil its embeddings; compress-1q, compress-2q "
-                            "and simreg can (they use the teacher's backbone features), and so can bingo with "
-                            "distill.bingo.keys=momentum (no teacher keys; its bags come from backbone features)")
+                            f"{type(self).__name__} cannot distil its embeddings; use a method that distils the "
+                            "teacher's backbone features")
         if teacher is not None:
             freeze(teacher, batch_statistics=teacher_bn == "train")
             if teacher_bn == "train":
