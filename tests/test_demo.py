@@ -112,6 +112,9 @@ def test_the_teacher_claim_needs_no_seeds_and_the_digest_follows_training_settin
     assert "**inconclusive**" in judge(teacher_claim, tied, None, test_images=10_000)
     assert "**holds**" in judge(teacher_claim, tied, None, test_images=10_000_000)
     assert "no verdict" in judge(teacher_claim, rows, None)  # no test set size: nothing to judge against
+    seeds = {"seeds": [0, 1], "students": {name: {"kNN@10 top-1": [84.02] * 2, "linear top-1": [87.0] * 2}
+                                           for name in tied}}  # seedless rows: no spread over seeds
+    assert "**inconclusive**" in judge(teacher_claim, tied, seeds, test_images=10_000)
     from conftest import tiny_config
 
     base = settings_digest(tiny_config(), "t1")

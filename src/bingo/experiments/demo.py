@@ -88,7 +88,8 @@ def run_demo(cfg: Config, out: Path, resume: bool = False, command: str = "bingo
     timings["evaluate"] = round(time.perf_counter() - started, 1)
     if not evaluated and "evaluate" in measured:
         timings["evaluate"] = measured["evaluate"]
-    results = {"rows": rows, "stage_wall_time_s": timings, "peak_memory": peak_memory_mib(),
+    peak = {key: max(value, earlier.get("peak_memory", {}).get(key, 0)) for key, value in peak_memory_mib().items()}
+    results = {"rows": rows, "stage_wall_time_s": timings, "peak_memory": peak,  # over this run and the one resumed
                "bags": read_json(out / "bags" / "results.json"), "seed": cfg.seed,
                "teacher": {"file": str(teacher), "source": cfg.demo.teacher if shipped else "pretrained"},
                "students": {name: student_summary(path) for name, path in students.items()},
