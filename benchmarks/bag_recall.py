@@ -52,7 +52,9 @@ def main() -> None:
     for point in record.get("points", []):
         projected = point["ms_per_query"] / 1e3 * len(features)
         print(f"{point['parameters']:32s} recall {point['recall']:.3f}  projected search {projected:7.1f} s")
-    print(f"chosen: {record.get('parameters', 'exact')}, tuning recall {record.get('value', 1.0)}, "
+    fixed = f"fixed nprobe={cfg.nprobe}, refine {cfg.refine_factor}"
+    chosen = fixed if args.fixed else record.get("parameters", "exact")
+    print(f"chosen: {chosen}, tuning recall {record.get('value', 'not measured')}, "
           f"fresh-query recall {checked:.4f}, total {seconds:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
