@@ -146,3 +146,17 @@ def test_zero_rows_are_refused_by_every_feature_strategy(hard_features):
         bags = make_bags(BagsConfig(strategy=strategy, k=5, clusters=10), features, np.zeros(500, np.int64), seed=0,
                          unreadable=[42])  # the zero row of an image listed as unreadable is accepted
         assert len(bags) == 500
+
+
+def test_tuning_queries_are_rows_the_index_was_not_trained_on(hard_features, monkeypatch):
+    import bingo.bags.tuning as tuning
+
+    asked = []
+    monkeypatch.setattr(tuning, "exact_search",
+                        lambda f, queries, k: asked.append(queries) or exact_search(f, queries, k))
+    trained = 3000
+    index = build_index(hard_features, FACTORY, trained, seed=0)
+    tune_search(index, hard_features, 5, target=0.5, budget_s=60, queries=200, seed=0, trained_on=trained)
+    sample = np.sort(np.random.default_rng(0).permutation(len(hard_features))[:trained])  # build_index's sample
+    queried = {row.tobytes() for row in asked[0]}
+    assert len(queried) == 200 and not queried & {row.tobytes() for row in hard_features[sample].astype(np.float32)}

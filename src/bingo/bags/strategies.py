@@ -86,7 +86,7 @@ def _search_effort(features: np.ndarray, index: str, cfg: BagsConfig, seed: int,
     built = build_index(features, index, cfg.train_size, seed, cfg.nprobe, cfg.refine_factor, progress)
     queries = min(cfg.recall_queries, len(features))
     budget = cfg.time_budget - (time.perf_counter() - started)
-    effort = tune_search(built, features, cfg.k, cfg.recall, budget, queries, seed)
+    effort = tune_search(built, features, cfg.k, cfg.recall, budget, queries, seed, trained_on=cfg.train_size)
     record = {"at_k": cfg.k, "queries": queries, "value": round(effort.recall, 4),
               "build_s": round(time.perf_counter() - started - effort.tuning_s, 1), **effort.summary(len(features))}
     if not effort.met:

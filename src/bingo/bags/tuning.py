@@ -43,10 +43,17 @@ class SearchEffort:
 
 
 def tune_search(index: faiss.Index, features: np.ndarray, k: int, target: float, budget_s: float, queries: int,
-                seed: int = 0) -> SearchEffort:
-    """Set `index` to the cheapest measured effort whose recall@k (self excluded) reaches `target`."""
+                seed: int = 0, trained_on: int = 0) -> SearchEffort:
+    """Set `index` to the cheapest measured effort whose recall@k (self excluded) reaches `target`.
+
+    `trained_on`: the index was trained on the first rows of the seed's permutation (`search.build_index`);
+    the queries come after them, for a query the coarse quantizer was fitted to finds its neighbours more
+    easily (measured: recall 0.958 on such queries, 0.92-0.93 on others, 1,281,167 real features).
+    """
     started = time.perf_counter()
-    anchors = np.sort(np.random.default_rng(seed).permutation(len(features))[:queries])
+    order = np.random.default_rng(seed).permutation(len(features))
+    start = min(trained_on, max(0, len(features) - queries))  # held-out rows, as many as there are
+    anchors = np.sort(order[start:start + queries])
     probe = np.ascontiguousarray(features[anchors], dtype=np.float32)
     tick = time.perf_counter()
     _, truth = exact_search(features, probe, k + 1)  # (Q, k+1)
