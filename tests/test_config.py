@@ -48,7 +48,7 @@ def test_preset_then_file_then_overrides(tmp_path):
 
 def test_stage_relative_and_absolute_keys():
     cfg = load_config("demo", None, ["optim.lr=0.5", "moco.queue_size=128"], stage="pretrain")
-    assert cfg.pretrain.optim.lr == 0.5 and cfg.distill.optim.lr == 0.06
+    assert cfg.pretrain.optim.lr == 0.5 and cfg.distill.optim.lr == 0.2  # the preset's distill lr
     assert cfg.pretrain.moco.queue_size == 128 and cfg.distill.moco.queue_size == 4096
     cfg = load_config("demo", None, ["distill.optim.lr=0.7", "bingo.queue_size=64"], stage="distill")
     assert cfg.distill.optim.lr == 0.7 and cfg.distill.bingo.queue_size == 64

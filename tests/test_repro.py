@@ -105,7 +105,7 @@ def test_a_run_trained_with_other_settings_is_not_reused(tmp_path):
     saved["repro"]["metric"] = "a key an older bingo wrote"  # settings that shape nothing are not compared
     (folder / "config.yaml").write_text(yaml.safe_dump(saved))
     check_same_config(folder, tiny_config("eval.linear.epochs=7", "compare.seeds=[5]"))  # evaluation only: fine
-    with pytest.raises(UserError, match=r"trained with distill.optim.lr=0.06, but this run asks for 0.5; remove"):
+    with pytest.raises(UserError, match=r"trained with distill.optim.lr=0.2, but this run asks for 0.5; remove"):
         check_same_config(folder, tiny_config("distill.optim.lr=0.5"))
 
 
