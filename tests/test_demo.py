@@ -59,7 +59,10 @@ def test_demo_distils_from_a_given_teacher_and_resumes(chain, tmp_path):
     run_main(*args, "--resume")  # every stage reused: nothing trained or evaluated again
     assert (out / "bingo" / "student.safetensors").read_bytes() == student
     assert {p: p.stat().st_mtime_ns for p in out.rglob("eval/**/results.json")} == evaluated
-    assert read_json(out / "results.json")["stage_wall_time_s"] == results["stage_wall_time_s"]  # times they took
+    resumed = read_json(out / "results.json")
+    assert resumed["stage_wall_time_s"] == results["stage_wall_time_s"]  # the times they took
+    assert resumed["earlier_runs"] == [{"command": results["command"], "commit": results["machine"]["commit"]}]
+    assert f"It resumed `{results['command']}`" in (out / "results.md").read_text()
 
 
 @pytest.mark.parametrize("sets, says", [

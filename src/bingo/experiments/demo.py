@@ -95,6 +95,7 @@ def run_demo(cfg: Config, out: Path, resume: bool = False, command: str = "bingo
                "students": {name: student_summary(path) for name, path in students.items()},
                "equal_time_epochs": equal_time, "test_images": len(build_dataset(cfg.data, "test")),
                "machine": machine_info(), "command": command,
+               "earlier_runs": _earlier_runs(earlier),
                "settings": settings_digest(cfg, file_digest(teacher))}
     write_results(out, results)
     print(write_demo_page(out, results))
@@ -123,6 +124,14 @@ def equal_time_epochs(bingo_run: Path, other_run: Path, epochs: int) -> int:
         raise UserError(f"{bingo_run} or {other_run} has no training time in its results.json (made by an older "
                         "bingo); remove those folders and rerun the demo with --resume")
     return max(epochs, round(epochs * bingo_s / other_s))
+
+
+def _earlier_runs(earlier: dict) -> list[dict]:
+    """The commands and commits of the runs a resumed demo continues (what it reused was made by them)."""
+    if not earlier:
+        return []
+    return [*earlier.get("earlier_runs", []),
+            {"command": earlier.get("command"), "commit": earlier.get("machine", {}).get("commit")}]
 
 
 def student_summary(student: Path) -> dict:

@@ -182,7 +182,9 @@ def _facts(results: dict) -> list[str]:
     students = results["students"]
     trained = "; ".join(f"{name}: {s.get('epochs')} epoch{'s' * (s.get('epochs') != 1)} in {s.get('fit_time_s')} s"
                         for name, s in students.items())
-    return [f"Command: `{results['command']}`, seed {results['seed']}, bingo commit {machine['commit']}.",
+    resumed = "".join(f" It resumed `{run['command']}` (bingo commit {run['commit']}), whose finished stages it reused."
+                      for run in results.get("earlier_runs", []))
+    return [f"Command: `{results['command']}`, seed {results['seed']}, bingo commit {machine['commit']}.{resumed}",
             f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['threads']} torch threads"
             + (f", {machine['gpu']}" if machine["gpu"] else ", no GPU") + f"; torch {machine['torch']}.",
             f"Teacher: {Path(teacher['file']).name}, {where}.",
