@@ -24,10 +24,11 @@ LAYERS = [
     ("experiments", [("experiments/demo.py", "experiments/demo.py", "demo chain + page"),
                      ("experiments/compare.py", "experiments/compare.py", "methods x seeds"),
                      ("experiments/repro.py", "experiments/repro.py", "the paper's tables")]),
-    ("stages", [("pipeline.py", "pipeline.py", "pretrain, embed, cache, bags, distill, eval"),
+    ("stages", [("stages/", "stages/__init__.py", "pretrain, embed, cache, bags, distill, eval"),
+                ("store.py", "store.py", "settings hash: reuse, resume, refuse"),
                 ("zoo/", "zoo/__init__.py", "shipped teachers + cards")]),
     ("engine", [("training.py", "training.py", "Lightning fit, checkpoints, run folders"),
-                ("eval/", "eval/__init__.py", "kNN, linear, semi, monitor"),
+                ("eval/", "eval/__init__.py", "engine: kNN, linear, semi, transfer"),
                 ("bags/", "bags/__init__.py", "features, faiss kNN, bag files")]),
     ("method layer", [("methods/", "methods/__init__.py", "losses, queue, momentum, BINGO + peers"),
                       ("models/", "models/__init__.py", "backbones, encoder, checkpoints, export"),
@@ -35,9 +36,10 @@ LAYERS = [
     ("settings", [("config.py", "config.py", "dataclasses, presets, --set")]),
 ]
 CALLS = [("cli.py", "experiments/demo.py"), ("cli.py", "experiments/compare.py"), ("cli.py", "experiments/repro.py"),
-         ("cli.py", "pipeline.py"), ("experiments/demo.py", "pipeline.py"), ("experiments/compare.py", "pipeline.py"),
-         ("experiments/repro.py", "pipeline.py"), ("pipeline.py", "training.py"), ("pipeline.py", "eval/"),
-         ("pipeline.py", "bags/"), ("pipeline.py", "zoo/"), ("training.py", "methods/"), ("training.py", "data/"),
+         ("cli.py", "stages/"), ("experiments/demo.py", "stages/"), ("experiments/compare.py", "stages/"),
+         ("experiments/repro.py", "stages/"), ("stages/", "store.py"), ("stages/", "training.py"), ("stages/", "eval/"),
+         ("stages/", "bags/"), ("experiments/demo.py", "zoo/"), ("store.py", "training.py"),
+         ("training.py", "methods/"), ("training.py", "data/"),
          ("bags/", "models/"), ("eval/", "models/"), ("methods/", "models/"), ("methods/", "config.py"),
          ("data/", "config.py"), ("models/", "config.py")]
 WIDTH, HEIGHT, ROW = 3.2, 0.8, 1.35

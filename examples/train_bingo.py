@@ -13,7 +13,7 @@ from bingo.data.datasets import build_dataset
 from bingo.methods import Bingo
 from bingo.models.checkpoints import load_encoder, save_encoder
 from bingo.models.encoder import Encoder
-from bingo.pipeline import training_data
+from bingo.stages.common import training_data
 from bingo.training import fit
 
 teacher_file, out, overrides = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]

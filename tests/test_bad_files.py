@@ -39,7 +39,7 @@ from bingo.cli import main
 from bingo.data.datasets import build_dataset
 from bingo.eval.semi import SUBSETS_FILE, label_subsets
 from bingo.models.encoder import Encoder
-from bingo.pipeline import run_cache
+from bingo.stages.cache import run_cache
 from conftest import EMBED, TRAIN_SIZE, run_process, snapshot, tiny_config, tiny_encoder, tiny_model_config, tiny_sets
 
 KINDS = ("missing", "empty", "truncated", "text", "pickle", "zip")
@@ -228,9 +228,10 @@ def make_case(case: str, goods: dict, tmp_path: Path) -> tuple[tuple, Path, str]
     name, kind, maker, fix = CASES[case]
     spec = INPUTS[name]
     good = spec.good(goods)
-    if name == "resume":  # a copy of the chain's BINGO run, its checkpoint replaced
+    if name == "resume":  # a copy of the chain's BINGO run, interrupted (no student yet), its checkpoint replaced
         bad = shutil.copytree(good.parent.parent, tmp_path / "run") / "checkpoints" / good.name
         bad.unlink()
+        (bad.parent.parent / "student.safetensors").unlink()
     else:
         (tmp_path / "in").mkdir()
         bad = tmp_path / "in" / NAMES.get((name, kind), good.name)
@@ -290,5 +291,5 @@ def test_resuming_with_other_networks_is_refused_before_anything_is_written(good
                             "--teacher", chain.teacher, "--bags", chain.bags, "--out", run, "--resume"))
     lines = capsys.readouterr().err.strip().splitlines() + shown
     assert code == 2 and len(lines) == 1, lines
-    assert "other networks" in lines[0] and str(run / "config.yaml") in lines[0]
+    assert f"{run} was made with other settings (student.width=8, now 16)" in lines[0]
     assert snapshot(run) == before

@@ -10,14 +10,16 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from safetensors.torch import load_file
 
-from bingo import pipeline
 from bingo.bags.files import load_bags
 from bingo.cli import main
 from bingo.config import from_dict
 from bingo.data.datasets import build_dataset
 from bingo.models.checkpoints import load_encoder
+from bingo.stages import distill as distill_stage
+from bingo.training import Throughput
 from conftest import (
     BATCH,
     QUEUE,
@@ -107,7 +109,11 @@ def test_distill_products(chain, method):
         assert torch.equal(ckpt["state_dict"][f"student.{key}"], value), key
     if method == "bingo":
         assert int(ckpt["state_dict"]["queue.ptr"]) == TRAIN_SIZE % QUEUE
-        assert set(ckpt["bingo_run"]) == {"dataset", "method", "teacher", "bags"}
+        run = read_json(folder / "run.json")  # the checkpoint carries the run's identity: its settings' hash
+        assert ckpt["bingo_run"] == {"run": run["hash"]} and run["finished"]
+        assert {"input.dataset", "input.teacher", "input.bags", "distill.bingo.temperature"} <= set(run["settings"])
+        assert not any(key.startswith(("distill.seed.", "distill.compress.", "trainer.progress_bar"))
+                       for key in run["settings"])  # other methods' settings and how it ran do not define it
         teacher = load_file(str(chain.teacher))
         for key, value in teacher.items():  # the teacher stayed frozen
             assert torch.equal(ckpt["state_dict"][f"teacher.{key}"], value), key
@@ -156,8 +162,24 @@ def test_resume_finished_distill_keeps_its_results(chain, tmp_path):
     assert read_json(run / "results.json")["final_metrics"] == before["final_metrics"]
 
 
-def test_second_run_into_the_same_folder_is_refused(chain, tmp_path):
+def test_a_finished_run_is_kept_and_one_with_other_settings_refused(chain, tmp_path):
     run = _copy_run(chain, tmp_path)
+    before = snapshot(run)
+    proc = run_cli(*_distill_args(chain, run, "trainer.loggers=[csv]", "trainer.log_every_n_steps=7",
+                                  "data.num_workers=1", "distill.seed.queue_size=99"))
+    check_ok(proc)  # how it runs and another method's settings differ, not what defines it: the student is kept
+    assert "already made with these settings" in proc.stderr and snapshot(run) == before
+    proc = run_cli(*_distill_args(chain, run, "distill.bingo.temperature=0.5"))
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"bingo: error: {run} was made with other settings (distill.bingo.temperature=0.1, now 0.5); keep its "
+        "settings, choose another --out, or remove that folder to make it again"]
+    assert snapshot(run) == before
+
+
+def test_an_interrupted_run_needs_resume(chain, tmp_path):
+    run = _copy_run(chain, tmp_path)
+    (run / "student.safetensors").unlink()  # as if stopped before the end: a checkpoint, no student
     before = snapshot(run)
     proc = run_cli(*_distill_args(chain, run))
     assert proc.returncode == 2
@@ -179,15 +201,15 @@ def test_resume_with_other_bags_is_refused(chain, tmp_path):
                    "--out", run, "--resume")
     assert proc.returncode == 2
     assert len(proc.stderr.splitlines()) == 1
-    assert proc.stderr.startswith("bingo: error: cannot resume") and "made with another bags" in proc.stderr
+    assert proc.stderr.startswith(f"bingo: error: {run} was made with other settings (input.bags=")
     assert snapshot(run) == before  # config.yaml too: it must keep describing the checkpoint
 
 
 def test_same_seed_repeats_a_distillation(tmp_path):
     """`--seed N makes a CPU run repeatable`: two runs in one process give the same student."""
     cfg = tiny_config("distill.method=moco", "trainer.limit_train_batches=2", "seed=5")
-    pipeline.run_distill(cfg, tmp_path / "a")
-    pipeline.run_distill(cfg, tmp_path / "b")
+    distill_stage.run_distill(cfg, tmp_path / "a")
+    distill_stage.run_distill(cfg, tmp_path / "b")
     a, b = (load_file(str(tmp_path / run / "student.safetensors")) for run in ("a", "b"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -298,13 +320,20 @@ def test_bad_input_in_a_real_process(case, chain, tmp_path):
     assert not (tmp_path / "out").exists() and not (tmp_path / "MARKER").exists()
 
 
-def test_a_resumed_run_keeps_its_earlier_metrics(tmp_path, bingo_logger_guard):
+def test_a_resumed_run_keeps_its_earlier_metrics(tmp_path, bingo_logger_guard, monkeypatch):
     run = tmp_path / "moco"
-    args = ["distill", *tiny_sets("trainer.limit_train_batches=2", "trainer.loggers=[csv]"), "--method", "moco",
-            "--out", str(run)]
-    assert main(args) == 0
-    assert main([*args, "--set", "distill.optim.epochs=2", "--resume"]) == 0  # Lightning's logger deletes the file
-    assert main([*args, "--set", "distill.optim.epochs=2", "--resume"]) == 0  # already finished: nothing to add
+    args = ["distill", *tiny_sets("trainer.limit_train_batches=2", "trainer.loggers=[csv]", "distill.optim.epochs=2"),
+            "--method", "moco", "--out", str(run)]
+
+    def stop_after_the_first_epoch(self, trainer, pl_module):
+        if trainer.current_epoch == 0:
+            raise SIGTERMException
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Throughput, "on_train_epoch_end", stop_after_the_first_epoch)
+        assert main(args) == 143  # stopped as by SIGTERM, checkpointed after the first epoch's steps
+    assert main([*args, "--resume"]) == 0  # Lightning's logger deletes the file
+    assert main([*args, "--resume"]) == 0  # already finished: nothing to add
     steps = {row["step"] for row in csv.DictReader(open(run / "logs" / "metrics.csv")) if row["train/loss_step"]}
     assert steps == {"0", "1", "2", "3"} and not (run / "logs" / "earlier-metrics.csv").exists()
 

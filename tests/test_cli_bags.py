@@ -134,10 +134,12 @@ def test_bad_bag_requests_fail_with_one_line(features, tmp_path, capsys, bingo_l
     assert len(err) == 1 and err[0].startswith(f"bingo: error: {message}"), err
 
 
-def test_bags_do_not_overwrite_a_run(chain, tmp_path):
+def test_bags_are_kept_and_never_overwritten(chain, tmp_path):
     before = snapshot(chain.bags.parent)
     proc = run_cli("bags", *tiny_sets(), "--teacher", chain.teacher, "--out", chain.bags.parent)
-    assert proc.returncode == 2 and "already holds a run" in proc.stderr
+    assert proc.returncode == 0 and "already made with these settings" in proc.stderr  # the same bags: kept
+    proc = run_cli("bags", *tiny_sets("bags.k=4"), "--teacher", chain.teacher, "--out", chain.bags.parent)
+    assert proc.returncode == 2 and "was made with other settings (bags.k=3, now 4)" in proc.stderr
     assert snapshot(chain.bags.parent) == before
 
 

@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 import bingo.methods.bingo as bingo_module
-from bingo import pipeline
 from bingo.bags.files import NeighbourBags, save_bags
 from bingo.bags.knn import knn_bags
 from bingo.config import BingoConfig, MoCoConfig, ModelConfig, OptimConfig
@@ -19,6 +18,7 @@ from bingo.methods.base import lr_factor
 from bingo.methods.losses import bingo_loss
 from bingo.methods.queue import KeyQueue
 from bingo.models.checkpoints import save_encoder
+from bingo.stages import distill as distill_stage
 from bingo.training import fit
 from conftest import BATCH, EMBED, tiny_config, tiny_encoder, tiny_model_config
 
@@ -222,7 +222,7 @@ def _teacher_state_in_checkpoint(out) -> dict[str, torch.Tensor]:
 def test_teacher_unchanged_in_eval_bn_mode(tmp_path, step_modes):
     cfg, before = _distill_inputs(tmp_path)
     assert cfg.distill.teacher_bn == "eval"
-    pipeline.run_distill(cfg, tmp_path / "run")
+    distill_stage.run_distill(cfg, tmp_path / "run")
     assert len(step_modes) == 128 // BATCH
     assert all(s["student"] and not s["teacher"] and not any(s["teacher_bn"]) for s in step_modes)
     after = _teacher_state_in_checkpoint(tmp_path / "run")
@@ -233,7 +233,7 @@ def test_teacher_unchanged_in_eval_bn_mode(tmp_path, step_modes):
 
 def test_teacher_running_stats_unchanged_in_train_bn_mode(tmp_path, step_modes):
     cfg, before = _distill_inputs(tmp_path, "distill.teacher_bn=train")
-    pipeline.run_distill(cfg, tmp_path / "run")
+    distill_stage.run_distill(cfg, tmp_path / "run")
     assert len(step_modes) == 128 // BATCH
     # Batch statistics in use: the teacher's BN layers really are in training mode, with momentum 0.
     assert all(s["student"] and s["teacher"] and all(s["teacher_bn"]) for s in step_modes)

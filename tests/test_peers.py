@@ -227,7 +227,7 @@ def test_a_teacher_method_without_a_teacher_is_refused(tmp_path, capsys, bingo_l
 
 
 def test_every_method_starts_from_the_same_student_for_a_seed(chain, monkeypatch):
-    from bingo import pipeline
+    from bingo.stages import distill as distill_stage
     from conftest import tiny_config
 
     starts = {}
@@ -239,9 +239,9 @@ def test_every_method_starts_from_the_same_student_for_a_seed(chain, monkeypatch
         starts[cfg.distill.method] = {k: v.clone() for k, v in student.state_dict().items()}
         raise Stop
 
-    monkeypatch.setattr(pipeline, "build_method", capture)
+    monkeypatch.setattr(distill_stage, "build_method", capture)
     for method in ("moco", "seed", "bingo"):
         cfg = tiny_config(f"distill.method={method}", f"teacher.checkpoint={chain.teacher}", "seed=3")
         with pytest.raises(Stop):
-            pipeline.run_distill(cfg, chain.root / "unused")
+            distill_stage.run_distill(cfg, chain.root / "unused")
     assert all(torch.equal(starts["moco"][k], starts[m][k]) for m in ("seed", "bingo") for k in starts["moco"])

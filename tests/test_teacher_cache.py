@@ -146,8 +146,9 @@ def test_distill_on_the_cache_never_runs_the_teacher(cache, tmp_path, monkeypatc
     monkeypatch.setattr(Method, "_run_teacher", lambda *a: pytest.fail("the teacher ran"))
     assert distill(tmp_path, chain, "cached", f"distill.teacher_cache={path}") == 0
     assert (tmp_path / "cached" / "student.safetensors").exists()
-    identity = read_json(tmp_path / "cached" / "identity.json")
-    assert identity["teacher"] == json.loads(path.with_suffix(".json").read_text())["teacher"]
+    settings = read_json(tmp_path / "cached" / "run.json")["settings"]
+    assert settings["input.teacher"] == json.loads(path.with_suffix(".json").read_text())["teacher"]
+    assert "input.teacher_cache" in settings
 
 
 @pytest.mark.parametrize("method", ["seed", "disco", "compress-2q", "simreg"])

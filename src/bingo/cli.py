@@ -52,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--out", required=True, type=Path, help="run folder (config, logs, checkpoints, results)")
         if name not in ("compare", "repro"):  # these take --seeds, one run per seed
             sub.add_argument("--seed", type=int, help="random seed (makes a CPU run repeatable)")
-        if name in ("pretrain", "distill", "eval", "compare", "repro", "demo"):
-            sub.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+        sub.add_argument("--resume", action="store_true",
+                         help="continue an interrupted run in --out from its last checkpoint (a stage without "
+                              "checkpoints starts again); a finished one with the same settings is kept either way")
         if name in ("embed", "cache", "bags", "distill", "compare", "repro"):
             sub.add_argument("--teacher", help="teacher checkpoint: teacher.safetensors, MoCo v1/v2/v3, SwAV, SimCLR, "
                                                "DINO, BYOL, torchvision or timm weights (docs/models.md)")
@@ -206,20 +207,27 @@ def main(argv: list[str] | None = None) -> int:
             print((args.out / "card.md").read_text())
             return 0
         cfg = resolve_config(args)
-        from bingo import pipeline  # heavy imports only once the command line is valid
-
-        quiet_libraries()
-
+        quiet_libraries()  # the stages' heavy imports come only once the command line is valid
         if args.command == "pretrain":
-            pipeline.run_pretrain(cfg, args.out, args.resume)
+            from bingo.stages.pretrain import run_pretrain
+
+            run_pretrain(cfg, args.out, args.resume)
         elif args.command == "embed":
-            pipeline.run_embed(cfg, args.out, args.model)
+            from bingo.stages.embed import run_embed
+
+            run_embed(cfg, args.out, args.model, args.resume)
         elif args.command == "bags":
-            pipeline.run_bags(cfg, args.out)
+            from bingo.stages.bags import run_bags
+
+            run_bags(cfg, args.out, args.resume)
         elif args.command == "cache":
-            pipeline.run_cache(cfg, args.out)
+            from bingo.stages.cache import run_cache
+
+            run_cache(cfg, args.out, args.resume)
         elif args.command == "distill":
-            pipeline.run_distill(cfg, args.out, args.resume, asked_bags(args))
+            from bingo.stages.distill import run_distill
+
+            run_distill(cfg, args.out, args.resume, asked_bags(args))
         elif args.command == "compare":
             from bingo.experiments.compare import run_compare
 
@@ -231,8 +239,10 @@ def main(argv: list[str] | None = None) -> int:
             report = run_repro(cfg, args.out, args.tables, args.resume, command, args.report)
             print((args.out / "results.md").read_text() if report else "")
         elif args.command == "eval":
+            from bingo.stages.evaluate import run_eval
+
             protocols = PROTOCOLS if "all" in args.protocols else tuple(dict.fromkeys(args.protocols))
-            print(json.dumps(pipeline.run_eval(cfg, args.out, args.model, protocols, args.resume), indent=2))
+            print(json.dumps(run_eval(cfg, args.out, args.model, protocols, args.resume), indent=2))
         else:
             from bingo.experiments.demo import run_demo
 

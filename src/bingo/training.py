@@ -41,25 +41,15 @@ def is_rank_zero() -> bool:
     return rank_zero_only.rank == 0
 
 
-def prepare_run_folder(out: Path, cfg: Config, resume: bool, identity: dict | None = None) -> None:
-    """Create the run folder, save the resolved config and the run's identity (data set, bags, teacher).
-
-    Refuses to overwrite another run, and to resume a run made with another identity.
-    """
+def prepare_run_folder(out: Path, cfg: Config, resume: bool) -> None:
+    """Create an experiment's folder (demo, compare, repro) and save its resolved config; refuses to overwrite
+    another run unless `resume` (its stages' folders are checked by the run store, bingo.store)."""
     if not is_rank_zero():
         return
     if (out / "config.yaml").exists() and not resume:
         raise UserError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
-    stored = out / "identity.json"
-    if resume and identity is not None and stored.exists():
-        for key, value in json.loads(stored.read_text()).items():
-            if identity.get(key) != value:
-                raise UserError(f"cannot resume {out}: it was made with another {key} "
-                                f"({value} vs {identity.get(key)}); choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
-    if identity is not None:
-        stored.write_text(json.dumps(identity, indent=2))
 
 
 def write_results(out: Path, results: dict) -> None:

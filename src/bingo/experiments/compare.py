@@ -15,24 +15,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from bingo.config import Config, load_config, to_dict
+from bingo.config import Config, load_config
 from bingo.errors import UserError
+from bingo.eval.engine import check_protocols, eval_datasets, transfer_datasets
 from bingo.methods import METHODS, needs_teacher
 from bingo.models.checkpoints import load_encoder
-from bingo.pipeline import (
-    STUDENT_FILE,
-    check_protocols,
-    current_evaluation,
-    eval_datasets,
-    evaluate_into,
-    run_distill,
-    transfer_datasets,
-)
 from bingo.plots import plot_runs, pyplot, save_figure
 from bingo.report import flat_metrics
-from bingo.training import is_rank_zero, prepare_run_folder, write_results
+from bingo.stages.distill import run_distill
+from bingo.stages.evaluate import evaluate_once
+from bingo.training import file_digest, is_rank_zero, prepare_run_folder, write_results
 
 log = logging.getLogger("bingo")
 
@@ -109,30 +102,20 @@ def train_and_evaluate(run: Config, seed: int, root: Path, name: str, evaluation
 
 
 def train_run(run: Config, seed: int, root: Path, name: str) -> Path:
-    """The student of one run for one seed: reused when finished, resumed when interrupted, else trained."""
-
-    folder = root / f"seed-{seed}"
-    seeded = seeded_config(run, seed)
-    started = (folder / "config.yaml").exists()
-    if started:
-        check_same_config(folder, seeded)
-    if not (folder / STUDENT_FILE).exists():
-        log.info("compare: training %s, seed %d", name, seed)
-        run_distill(seeded, folder, resume=started)
-    return folder / STUDENT_FILE
+    """The student of one run for one seed, in root/seed-S: reused when trained with the same settings, resumed
+    when interrupted, else trained (a folder trained with other settings is refused)."""
+    log.info("compare: %s, seed %d", name, seed)
+    return run_distill(seeded_config(run, seed), root / f"seed-{seed}", resume=True)
 
 
 def evaluate_run(run: Config, seed: int, student: Path, name: str, evaluation: Evaluation) -> dict:
     """A trained student's accuracies by the evaluation's protocols (reused when done) and its training time."""
 
     seeded = seeded_config(run, seed)
-    folder = student.parent / "eval" / evaluation.folder
-    results = current_evaluation(folder / "results.json", seeded)
-    if results is None:
-        log.info("compare: evaluating %s, seed %d (%s)", name, seed, ", ".join(evaluation.protocols))
-        encoder = load_encoder(student, seeded.student, seeded.data)
-        results = evaluate_into(seeded, encoder, f"{name} seed {seed}", evaluation.protocols, folder,
-                                evaluation.datasets, evaluation.transfer)
+    results = evaluate_once(seeded, student.parent / "eval" / evaluation.folder, f"{name} seed {seed}",
+                            evaluation.protocols, file_digest(student),
+                            lambda: load_encoder(student, seeded.student, seeded.data),
+                            datasets=evaluation.datasets, transfer=evaluation.transfer)
     (row,) = results["rows"].values()
     return {**flat_metrics(row),
             "train wall time (s)": json.loads((student.parent / "results.json").read_text()).get("wall_time_s")}
@@ -143,35 +126,6 @@ def seeded_config(run: Config, seed: int) -> Config:
     seeded = copy.deepcopy(run)
     seeded.seed = seed
     return seeded
-
-
-def check_same_config(folder: Path, cfg: Config) -> None:
-    """Refuse to reuse or resume a run folder trained with other settings than `cfg` (evaluation settings aside)."""
-    ignored = NOT_TRAINING + (() if needs_teacher(cfg) else ("teacher.",)) + \
-        (() if cfg.distill.method == "bingo" else ("distill.bags",))
-    saved = _settings(yaml.safe_load((folder / "config.yaml").read_text()), ignored)  # maybe from an older bingo
-    wanted = _settings(yaml.safe_load(yaml.safe_dump(to_dict(cfg))), ignored)
-    changed = [key for key in wanted if saved.get(key) != wanted[key]]
-    if changed:
-        key = changed[0]
-        raise UserError(f"{folder} was trained with {key}={saved.get(key)!r}, but this run asks for "
-                        f"{wanted[key]!r}; remove that folder or choose another --out")
-
-
-# settings that do not change a distilled student (the bag file, whose identity the run keeps, is the truth for bags.*)
-NOT_TRAINING = ("compare.", "repro.", "demo.", "eval.", "monitor.", "pretrain.", "embed.", "bags.",
-                "trainer.progress_bar", "trainer.loggers", "data.num_workers")
-
-
-def _settings(tree: dict, ignored: tuple[str, ...], prefix: str = "") -> dict:
-    """Dotted key -> value of every setting in `tree` but those under an `ignored` prefix."""
-    flat = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if f"{dotted}.".startswith(ignored):
-            continue
-        flat |= _settings(value, ignored, f"{dotted}.") if isinstance(value, dict) else {dotted: value}
-    return flat
 
 
 def summarise(configs: dict[str, Config], per_run: dict[str, dict[int, dict]], seeds: list[int],

@@ -10,30 +10,20 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from bingo.config import Config
 from bingo.data.datasets import build_dataset
 from bingo.errors import UserError
+from bingo.eval.engine import eval_datasets
 from bingo.experiments.page import settings_digest, write_demo_page
 from bingo.methods import METHODS
 from bingo.models.checkpoints import load_encoder
-from bingo.pipeline import (
-    BAGS_FILE,
-    STUDENT_FILE,
-    TEACHER_FILE,
-    current_evaluation,
-    eval_datasets,
-    evaluate_into,
-    random_encoder,
-    read_json,
-    run_bags,
-    run_distill,
-    run_pretrain,
-    slug,
-)
+from bingo.stages.bags import run_bags
+from bingo.stages.common import random_encoder, read_json, slug
+from bingo.stages.distill import run_distill
+from bingo.stages.evaluate import evaluate_once
+from bingo.stages.pretrain import run_pretrain
 from bingo.training import file_digest, machine_info, peak_memory_mib, prepare_run_folder, write_results
 from bingo.zoo import resolve_checkpoint
 
@@ -48,46 +38,25 @@ def run_demo(cfg: Config, out: Path, resume: bool = False, command: str = "bingo
     shipped = None if cfg.demo.pretrain else Path(resolve_checkpoint(cfg.demo.teacher))
     if shipped:
         load_encoder(shipped, cfg.teacher, cfg.data)  # a missing or unfit teacher fails here, before any work
-    identity = {"teacher": file_digest(shipped) if shipped else "pretrained", "seed": cfg.seed}
     earlier = read_json(out / "results.json") if resume and (out / "results.json").is_file() else {}
-    prepare_run_folder(out, cfg, resume, identity)
-    timings: dict[str, float] = {}
-    measured = earlier.get("stage_wall_time_s", {})  # a reused stage keeps the time it took
-
-    def stage(name: str, folder: str, product: str, run: Callable[[Path], Path]) -> Path:
-        path = out / folder / product
-        if path.exists():
-            log.info("%s: reusing %s", name, path)
-            if name in measured:
-                timings[name] = measured[name]
-            return path
-        log.info("%s ...", name)
-        started = time.perf_counter()
-        run(out / folder)
-        timings[name] = round(time.perf_counter() - started, 1)
-        log.info("%s done in %.0f s", name, timings[name])
-        return path
-
-    teacher = shipped or stage("pretrain teacher (MoCo-v2)", "teacher", TEACHER_FILE,
-                               lambda d: run_pretrain(cfg, d, resume))
+    prepare_run_folder(out, cfg, resume)
+    teacher = shipped or run_pretrain(cfg, out / "teacher", resume=True)  # each stage reuses or resumes its own
     cfg = copy.deepcopy(cfg)
     cfg.teacher.checkpoint = str(teacher)
-    cfg.distill.bags = str(stage("build kNN bags", "bags", BAGS_FILE, lambda d: run_bags(cfg, d)))
-    students = {method: stage(f"distil student ({method})", method, STUDENT_FILE,
-                              lambda d, m=method: run_distill(_with(cfg, m), d, resume))
-                for method in cfg.demo.methods}
+    cfg.distill.bags = str(run_bags(cfg, out / "bags", resume=True))
+    students = {method: run_distill(_with(cfg, method), out / method, resume=True) for method in cfg.demo.methods}
     equal_time = {}
     for method in cfg.demo.equal_time:
-        epochs = equal_time_epochs(out / "bingo", out / method, cfg.distill.optim.epochs)
-        equal_time[method] = epochs
-        students[EQUAL_TIME.format(method=method)] = stage(
-            f"distil student ({method}, {epochs} epochs: BINGO's wall time)", f"{method}-equal-time", STUDENT_FILE,
-            lambda d, m=method, e=epochs: run_distill(_with(cfg, m, e), d, resume))
-    started = time.perf_counter()
-    rows, evaluated = evaluate_models(cfg, out, teacher, students)
-    timings["evaluate"] = round(time.perf_counter() - started, 1)
-    if not evaluated and "evaluate" in measured:
-        timings["evaluate"] = measured["evaluate"]
+        equal_time[method] = equal_time_epochs(out / "bingo", out / method, cfg.distill.optim.epochs)
+        log.info("%s for %d epochs: BINGO's wall time", method, equal_time[method])
+        students[EQUAL_TIME.format(method=method)] = run_distill(_with(cfg, method, equal_time[method]),
+                                                                 out / f"{method}-equal-time", resume=True)
+    rows, evaluations = evaluate_models(cfg, out, teacher, students)
+    folders = {"pretrain teacher (MoCo-v2)": out / "teacher", "build kNN bags": out / "bags",
+               **{f"distil student ({name})": path.parent for name, path in students.items()}}
+    timings = {name: read_json(folder / "results.json")["wall_time_s"] for name, folder in folders.items()
+               if (folder / "results.json").exists()}  # the time each took when it was made
+    timings["evaluate"] = round(sum(read_json(folder / "results.json")["wall_time_s"] for folder in evaluations), 1)
     peak = {key: max(value, earlier.get("peak_memory", {}).get(key, 0)) for key, value in peak_memory_mib().items()}
     results = {"rows": rows, "stage_wall_time_s": timings, "peak_memory": peak,  # over this run and the one resumed
                "bags": read_json(out / "bags" / "results.json"), "seed": cfg.seed,
@@ -140,32 +109,27 @@ def student_summary(student: Path) -> dict:
     return {key: results.get(key) for key in ("method", "epochs", "steps", "fit_time_s", "wall_time_s")}
 
 
-def evaluate_models(cfg: Config, out: Path, teacher: Path, students: dict[str, Path]) -> tuple[dict[str, dict], int]:
-    """kNN and linear rows of the references (pixels, random weights, the teacher) and of every student, and how
-    many of them were evaluated now.
-
-    A student's evaluation lies in its run folder (retraining it removes it); an evaluation made with
-    the same settings is reused.
-    """
-    models = {"raw pixels": lambda: None,
-              "teacher, random weights, BN at init": lambda: random_encoder(cfg, cfg.teacher, calibrated=False),
-              "student, random weights, BN at init": lambda: random_encoder(cfg, cfg.student, calibrated=False),
-              "teacher (MoCo-v2)": lambda: load_encoder(teacher, cfg.teacher, cfg.data)}
+def evaluate_models(cfg: Config, out: Path, teacher: Path, students: dict[str, Path]) -> tuple[dict[str, dict],
+                                                                                                 list[Path]]:
+    """kNN and linear rows of the references (pixels, random weights, the teacher) and of every student, and the
+    folders of their evaluations (a student's lies in its run folder; one made with the same settings is reused)."""
+    teacher_id = file_digest(teacher)
+    models = {"raw pixels": ("pixels", "student", lambda: None),
+              "teacher, random weights, BN at init": ("random-init", "teacher",
+                                                      lambda: random_encoder(cfg, cfg.teacher, calibrated=False)),
+              "student, random weights, BN at init": ("random-init", "student",
+                                                      lambda: random_encoder(cfg, cfg.student, calibrated=False)),
+              "teacher (MoCo-v2)": (teacher_id, "teacher", lambda: load_encoder(teacher, cfg.teacher, cfg.data))}
     folders = {name: out / "eval" / slug(name) for name in models}
     for name, path in students.items():
-        models[f"student, {_label(name)}"] = lambda p=path: load_encoder(p, cfg.student, cfg.data)
-        folders[f"student, {_label(name)}"] = path.parent / "eval"
-    datasets = None
-    rows, evaluated = {}, 0
-    for name, build in models.items():
-        results = current_evaluation(folders[name] / "results.json", cfg)
-        if results is None:
-            log.info("evaluate %s ...", name)
-            datasets = datasets or eval_datasets(cfg)
-            results = evaluate_into(cfg, build(), name, ("knn", "linear"), folders[name], datasets)
-            evaluated += 1
-        rows[name] = next(iter(results["rows"].values()))
-    return rows, evaluated
+        label = f"student, {_label(name)}"
+        models[label] = (file_digest(path), "student", lambda p=path: load_encoder(p, cfg.student, cfg.data))
+        folders[label] = path.parent / "eval"
+    datasets = eval_datasets(cfg)
+    rows = {name: next(iter(evaluate_once(cfg, folders[name], name, ("knn", "linear"), model, build, section,
+                                       datasets)["rows"].values()))
+            for name, (model, section, build) in models.items()}
+    return rows, list(folders.values())
 
 
 def _label(method: str) -> str:

@@ -22,7 +22,6 @@ import copy
 import json
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -40,10 +39,12 @@ from bingo.experiments.compare import (
     train_run,
 )
 from bingo.models.checkpoints import load_encoder
-from bingo.pipeline import BAGS_FILE, TEACHER_FILE, current_evaluation, evaluate_into, run_bags, run_pretrain
 from bingo.plots import pyplot, save_figure
 from bingo.report import flat_metrics
-from bingo.training import is_rank_zero, machine_info, prepare_run_folder, write_results
+from bingo.stages.bags import run_bags
+from bingo.stages.evaluate import evaluate_once
+from bingo.stages.pretrain import run_pretrain
+from bingo.training import file_digest, is_rank_zero, machine_info, prepare_run_folder, write_results
 
 log = logging.getLogger("bingo")
 RUN_KEYS, BAG_KEYS = {"method", "set", "bags"}, {"set", "model"}
@@ -124,11 +125,8 @@ def teacher_file(cfg: Config, out: Path) -> Path:
 
     if cfg.teacher.checkpoint:
         return Path(cfg.teacher.checkpoint)
-    path = out / "teacher" / TEACHER_FILE
-    if not path.exists():
-        log.info("repro: pretraining the teacher (MoCo-v2)")
-        run_pretrain(cfg, path.parent, resume=(path.parent / "config.yaml").exists())
-    return path
+    log.info("repro: the teacher (MoCo-v2)")
+    return run_pretrain(cfg, out / "teacher", resume=True)
 
 
 def teacher_row(cfg: Config, out: Path) -> dict | None:
@@ -138,12 +136,9 @@ def teacher_row(cfg: Config, out: Path) -> dict | None:
         return None
     protocols = tuple(cfg.repro.teacher_protocols)
     folder = out / "teacher" / "eval" / eval_folder(protocols)
-    results = current_evaluation(folder / "results.json", cfg)
-    if results is None:
-        log.info("repro: evaluating the teacher")
-        encoder = load_encoder(cfg.teacher.checkpoint, cfg.teacher, cfg.data)
-        results = evaluate_into(cfg, encoder, "teacher", protocols, folder)
-    return _reference(results)
+    teacher = cfg.teacher.checkpoint
+    return _reference(evaluate_once(cfg, folder, "teacher", protocols, file_digest(Path(teacher)),
+                                    lambda: load_encoder(teacher, cfg.teacher, cfg.data), section="teacher"))
 
 
 def _reference(results: dict) -> dict:
@@ -155,21 +150,15 @@ def _reference(results: dict) -> dict:
 
 def bag_file(cfg: Config, out: Path, name: str) -> Path:
     """Bag file NAME of repro.bags, built on first use (from the teacher, or from run `model`'s first-seed student)."""
-
     spec = cfg.repro.bags[name] or {}
-    folder = out / "bags" / name
-    if (folder / BAGS_FILE).exists():
-        return folder / BAGS_FILE
     overrides = list(spec.get("set", []))
     if spec.get("model"):
         student = train_run(run_config(cfg, out, spec["model"]), cfg.compare.seeds[0], out / "runs" / spec["model"],
                             spec["model"])
         overrides.append(f"student.checkpoint={student}")
     bags_cfg = load_config(None, None, overrides, stage="bags", base=copy.deepcopy(cfg))
-    if folder.exists() and is_rank_zero():  # an interrupted build: start it again
-        shutil.rmtree(folder)
-    log.info("repro: building bags %s", name)
-    return run_bags(bags_cfg, folder)
+    log.info("repro: bags %s", name)
+    return run_bags(bags_cfg, out / "bags" / name, resume=True)
 
 
 def run_config(cfg: Config, out: Path, name: str) -> Config:

@@ -13,6 +13,15 @@ from bingo.models.encoder import Encoder
 CLASSES: dict[str, type[Method]] = {"moco": MoCo, "seed": Seed, "compress-1q": Compress, "compress-2q": Compress,
                                     "disco": DisCo, "simreg": SimReg, "bingo": Bingo}
 METHODS = tuple(CLASSES)
+SPLITS = "moco.shuffle_bn_splits"  # shuffle-BN groups, for every method that runs a key encoder or teacher with it
+READS: dict[str, tuple[str, ...]] = {"moco": ("moco",), "seed": ("seed", SPLITS), "compress-1q": ("compress", SPLITS),
+                                     "compress-2q": ("compress", SPLITS), "disco": ("moco", "disco"),
+                                     "simreg": ("simreg", SPLITS), "bingo": ("bingo", SPLITS)}  # distill.* sections
+
+
+def method_settings(method: str) -> tuple[str, ...]:
+    """The distill.* settings that define a student trained by `method` (the other methods' sections do not)."""
+    return ("distill.method", "distill.optim", "distill.teacher_bn", *(f"distill.{s}" for s in READS[method]))
 
 
 def needs_teacher(cfg: Config) -> bool:
@@ -47,4 +56,5 @@ def build_method(cfg: Config, student: Encoder, teacher: Encoder | None, run_inf
     return builders[d.method]()
 
 
-__all__ = ["METHODS", "Bingo", "Compress", "DisCo", "MoCo", "Seed", "SimReg", "build_method", "needs_teacher"]
+__all__ = ["METHODS", "Bingo", "Compress", "DisCo", "MoCo", "Seed", "SimReg", "build_method", "method_settings",
+           "needs_teacher"]

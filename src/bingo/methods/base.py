@@ -22,9 +22,9 @@ class Method(L.LightningModule):
 
     Teacher BatchNorm: `eval` uses the running statistics (deterministic keys); `train` uses batch
     statistics with shuffle-BN as the official BINGO code does, the running statistics untouched.
-    `run_info` (data set, bags, teacher identity) is stored in every checkpoint and must match
-    when a run is resumed. A method that distils the teacher's embeddings sets `uses_teacher_embeddings`
-    and refuses a teacher without projection head.
+    `run_info` (the run's identity: the hash of the settings that define it, bingo.store) is stored in
+    every checkpoint and must match when a run is resumed. A method that distils the teacher's
+    embeddings sets `uses_teacher_embeddings` and refuses a teacher without projection head.
     """
 
     uses_teacher_embeddings = False
@@ -166,16 +166,16 @@ class Method(L.LightningModule):
                           on_step=False, on_epoch=True, sync_dist=True)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Store the run's identity (data set, bags, teacher) with the checkpoint."""
+        """Store the run's identity with the checkpoint."""
         checkpoint["bingo_run"] = self.run_info
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Refuse to resume from a checkpoint made with other data, bags or teacher."""
+        """Refuse to resume from a checkpoint of another run (other settings, data, bags or teacher)."""
         stored = checkpoint.get("bingo_run", {})
         for key, value in self.run_info.items():
             if key in stored and stored[key] != value:
-                raise UserError(f"cannot resume: the checkpoint was made with another {key} "
-                                f"({stored[key]} vs {value}); start a new run with another --out")
+                raise UserError(f"cannot resume: the checkpoint belongs to another run ({key} {stored[key]}, this "
+                                f"run's is {value}); start a new run with another --out")
 
 
 def alignment(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
