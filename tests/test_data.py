@@ -191,3 +191,19 @@ def test_bad_augmentation_placement_is_refused_in_one_line(tmp_path, capsys, ext
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("method, count, needs_bags", [("moco", 2, False), ("disco", 2, False), ("seed", 1, False),
+                                                       ("compress-2q", 1, False), ("simreg", 1, False),
+                                                       ("bingo", 4, True)])
+def test_each_method_owns_its_view_plan_on_both_data_paths(cfg, train, bags, method, count, needs_bags):
+    from bingo.methods import CLASSES
+
+    plan = CLASSES[method].views
+    assert (plan.count, plan.needs_bags) == (count, needs_bags)
+    sample = plan.per_image(train, moco_v2_transform(cfg.data, cfg.augment), bags if needs_bags else None)[3]
+    assert len(sample[0]) == count and sample[2] == 3  # the views, then the label and the image's index
+    assert (len(sample) == 4 and sample[3] in bags.neighbours[3]) == needs_bags  # the bag member's index
+    batch = plan.batches(train, bags if needs_bags else None, None, 1).__getitems__([3, 5])
+    images = batch[:2] if needs_bags else batch[:1]  # uint8 anchors (and positives), augmented on the device
+    assert all(image.dtype == torch.uint8 and image.shape[0] == 2 for image in images)

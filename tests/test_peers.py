@@ -108,10 +108,9 @@ BUILDERS = {
 
 def batch_for(module: Method) -> tuple:
     g = torch.Generator().manual_seed(7)
-    if module.views == "bags":
-        views = [torch.randn(B, 3, 16, 16, generator=g) for _ in range(4)]
+    views = [torch.randn(B, 3, 16, 16, generator=g) for _ in range(module.views.count)]
+    if module.views.needs_bags:
         return views, torch.zeros(B, dtype=torch.long), torch.arange(B), torch.arange(B).flip(0)
-    views = [torch.randn(B, 3, 16, 16, generator=g) for _ in range(module.views)]
     return views, torch.zeros(B, dtype=torch.long), torch.arange(B)
 
 

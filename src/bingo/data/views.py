@@ -1,8 +1,11 @@
-"""Training and evaluation views of an ImageDataset: augmented pairs, bag quadruples, labeled images."""
+"""Training and evaluation views of an ImageDataset: augmented pairs, bag quadruples, labeled images; and the
+view plans a method owns (what one training sample is)."""
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -118,6 +121,51 @@ class ImageBatches(Dataset):
         if self.cache is None:
             return batch
         return (*batch, self.cache.sample(anchors, generator), self.cache.sample(positives, generator))
+
+
+class ViewPlan(abc.ABC):
+    """What a method's training step sees of its images: the sample each index gives and its augmented views.
+
+    `count` views per sample; `needs_bags`: a sample is an anchor with a member of its bag.
+    """
+
+    count: int
+    needs_bags: bool
+
+    @abc.abstractmethod
+    def per_image(self, data: ImageDataset, transform: Callable, bags: Bags | None) -> Dataset:
+        """The samples, each image augmented by `transform` in the loader's workers."""
+
+    def batches(self, data: ImageDataset, bags: Bags | None, cache: TeacherOutputs | None,
+                cached_views: int) -> ImageBatches:
+        """The samples as whole uint8 batches, augmented by the method on its device (with a teacher cache's
+        `cached_views` outputs per image, when given)."""
+        return ImageBatches(data, bags, cache, cached_views)
+
+
+@dataclass(frozen=True)
+class ImageViews(ViewPlan):
+    """Each image as `count` independent augmented views (MoCo-v2 and DisCo: 2; SEED, CompRess, SimReg: 1)."""
+
+    count: int
+    needs_bags = False
+
+    def per_image(self, data: ImageDataset, transform: Callable, bags: Bags | None = None) -> Dataset:
+        """(views, label, index) for each image."""
+        return Views(data, transform, self.count)
+
+
+@dataclass(frozen=True)
+class BagPairViews(ViewPlan):
+    """BINGO's sample (arXiv 2107.01691, Sec. 3.2): an anchor and a member of its bag, two augmented views of each
+    ([t1(a), t2(a), t3(p), t4(p)])."""
+
+    count = 4
+    needs_bags = True
+
+    def per_image(self, data: ImageDataset, transform: Callable, bags: Bags | None) -> Dataset:
+        """(views, label of a, index of a, index of p) for each anchor a."""
+        return BagViews(data, bags, transform)
 
 
 def as_batch(batch: tuple) -> tuple:

@@ -10,6 +10,7 @@ from torch import nn
 
 from bingo.config import OptimConfig
 from bingo.data.augment import BatchAugment
+from bingo.data.views import ImageViews, ViewPlan
 from bingo.errors import UserError
 from bingo.methods.queue import shuffled_forward
 from bingo.models.encoder import Encoder
@@ -28,13 +29,13 @@ class Method(L.LightningModule):
     """
 
     uses_teacher_embeddings = False
-    views = 1  # augmented views of each image per step
+    views: ViewPlan = ImageViews(1)  # what a training sample is, and its augmented views
     cache_layer = "embedding"  # what a teacher cache must hold for this method: embedding | features
 
     @property
     def cached_views(self) -> int:
         """Distinct cached views of each image a step takes from a teacher cache."""
-        return self.views
+        return self.views.count
 
     def __init__(self, *, student: Encoder, teacher: Encoder | None = None, optim: OptimConfig,
                  teacher_bn: str = "eval", shuffle_bn_splits: int = 1, run_info: dict | None = None):
@@ -83,14 +84,14 @@ class Method(L.LightningModule):
         return ([view.contiguous(memory_format=self.memory_format) for view in views], *rest)
 
     def make_views(self, batch: tuple) -> tuple:
-        """(images (B, C, H, W) uint8, labels, indices) -> ([`views` augmented views], labels, indices).
+        """(images (B, C, H, W) uint8, labels, indices) -> ([views.count augmented views], labels, indices).
 
         A batch from a teacher cache, (..., outputs (B, V, D), view parameters (B, V, P)), gives the
         cached views rebuilt exactly, then their outputs: ([V views], labels, indices, outputs).
         """
         if len(batch) == 3:
             images, *rest = batch
-            return (self.augment.views(*[images] * self.views, memory_format=self.memory_format), *rest)
+            return (self.augment.views(*[images] * self.views.count, memory_format=self.memory_format), *rest)
         images, labels, indices, outputs, params = batch
         count = params.shape[1]
         views = self.augment.views(*[images] * count, params=params.transpose(0, 1).flatten(0, 1),

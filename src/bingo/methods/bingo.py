@@ -6,6 +6,7 @@ import torch
 
 from bingo.config import BingoConfig, OptimConfig
 from bingo.data.transforms import cutmix
+from bingo.data.views import BagPairViews
 from bingo.errors import UserError
 from bingo.methods.base import Method, alignment, require_same_dim
 from bingo.methods.losses import bingo_loss
@@ -23,7 +24,7 @@ class Bingo(Method):
     cache (`bingo cache`): the teacher never runs and the key views are never augmented.
     """
 
-    views = "bags"
+    views = BagPairViews()
     uses_teacher_embeddings = True
 
     def __init__(self, *, student: Encoder, teacher: Encoder | None, optim: OptimConfig, bingo: BingoConfig,

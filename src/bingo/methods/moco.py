@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from bingo.config import MoCoConfig, OptimConfig
+from bingo.data.views import ImageViews
 from bingo.methods.base import Method, alignment
 from bingo.methods.losses import info_nce
 from bingo.methods.momentum import MomentumEncoder
@@ -18,7 +19,7 @@ from bingo.models.encoder import Encoder
 class MoCo(Method):
     """Query encoder = student; key encoder = its momentum copy, run with shuffle-BN."""
 
-    views = 2
+    views = ImageViews(2)
 
     def __init__(self, *, student: Encoder, teacher: Encoder | None = None, optim: OptimConfig, moco: MoCoConfig,
                  teacher_bn: str = "eval", run_info: dict | None = None):

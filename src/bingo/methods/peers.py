@@ -24,7 +24,6 @@ from bingo.models.encoder import Encoder, projection_head
 class Seed(Method):
     """SEED: one view; the student matches the teacher's similarity distribution over a teacher queue."""
 
-    views = 1
     uses_teacher_embeddings = True
 
     def __init__(self, *, student: Encoder, teacher: Encoder, optim: OptimConfig, seed: SeedConfig,
@@ -55,7 +54,6 @@ class Compress(Method):
     `banks=1` (CompRess-1q): with the teacher's bank, so its embedding must match the teacher's features.
     """
 
-    views = 1
     cache_layer = "features"
 
     def __init__(self, *, student: Encoder, teacher: Encoder, optim: OptimConfig, compress: CompressConfig,
@@ -127,7 +125,6 @@ class SimReg(Method):
     The student's own projection head is not used (and not trained); the predictor is dropped after training.
     """
 
-    views = 1
     cache_layer = "features"
 
     def __init__(self, *, student: Encoder, teacher: Encoder, optim: OptimConfig, simreg: SimRegConfig,

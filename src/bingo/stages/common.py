@@ -17,7 +17,6 @@ from bingo.data.augment import BatchAugment
 from bingo.data.datasets import ImageDataset, build_dataset
 from bingo.data.keys import TeacherOutputs
 from bingo.data.transforms import moco_v2_transform
-from bingo.data.views import BagViews, ImageBatches, Views
 from bingo.errors import UserError
 from bingo.methods.base import Method
 from bingo.models.checkpoints import load_encoder, save_encoder
@@ -51,10 +50,9 @@ def training_data(cfg: Config, data: ImageDataset, module: Method, bags: Bags | 
         raise UserError("a teacher cache (distill.teacher_cache) needs data.augment_on=device or auto")
     if data.in_memory and where != "workers":
         module.use_device_augment(BatchAugment(cfg.data, cfg.augment), cfg.trainer.channels_last)
-        return ImageBatches(data, bags, cache, module.cached_views)
+        return module.views.batches(data, bags, cache, module.cached_views)
     module.use_memory_format(cfg.trainer.channels_last)
-    transform = moco_v2_transform(cfg.data, cfg.augment)
-    return Views(data, transform, module.views) if bags is None else BagViews(data, bags, transform)
+    return module.views.per_image(data, moco_v2_transform(cfg.data, cfg.augment), bags)
 
 
 def load_teacher(cfg: Config) -> Encoder:

@@ -47,7 +47,7 @@ def run_distill(cfg: Config, out: Path, resume: bool = False, asked_bags: tuple[
                    "teacher_cache": file_digest(cache_files(Path(cfg.distill.teacher_cache))[1])}
         module.drop_teacher()
     bags = None
-    if module.views == "bags":
+    if module.views.needs_bags:
         if not cfg.distill.bags:
             raise UserError(f"{name} needs bags: pass --bags FILE (built by 'bingo bags')")
         bags = load_bags(Path(cfg.distill.bags))
