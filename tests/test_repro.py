@@ -10,7 +10,8 @@ import pytest
 from bingo.cli import main
 from bingo.config import load_config
 from bingo.errors import UserError
-from bingo.experiments.repro import check_plan, verdict
+from bingo.experiments.plans import ReproPlan
+from bingo.experiments.repro import verdict
 from conftest import read_json, tiny_sets
 
 PLAN = """
@@ -110,25 +111,32 @@ def test_verdict(better, worse, expected):
 
 def test_the_shipped_plan_is_consistent():
     cfg = load_config("repro")
-    assert check_plan(cfg, None) == ["main", "relations", "bags", "semi", "k", "ablations"]  # the paper's
-    assert check_plan(cfg, ["schedule", "queue"]) == ["queue", "schedule"]  # investigations: when named
+    plan = ReproPlan.load(cfg.repro)
+    assert plan.chosen_tables(None) == ["main", "relations", "bags", "semi", "k", "ablations"]  # the paper's
+    assert plan.chosen_tables(["schedule", "queue"]) == ["queue", "schedule"]  # investigations: when named
+    assert all(isinstance(claim.better, str) for claim in plan.claims) and plan.tables["main"].runs
     assert (cfg.teacher.width, cfg.student.width, cfg.data.train_subset) == (32, 16, 10000)  # demo's, inherited
     assert len(cfg.compare.seeds) >= 3 and cfg.trainer.accelerator == "auto"
-    runs = cfg.repro.tables["relations"]["runs"]
+    runs = plan.tables["relations"].runs
     assert len(runs) == 6  # the six rows of BINGO's teacher-parameter and relation ablation (arXiv 2107.01691)
 
 
 @pytest.mark.parametrize("plan,message", [
     ({"tables": {}}, "nothing to reproduce"),
-    ({"runs": {"a": {"bags": "nope"}}, "tables": {"t": {"runs": ["a"]}}}, "repro.runs.a: bags 'nope' is not in"),
-    ({"runs": {"a": {}}, "tables": {"t": {"runs": ["b"]}}}, "repro.tables.t: run 'b' is not in repro.runs"),
-    ({"runs": {"a": {}}, "tables": {"t": {"runs": []}}}, "repro.tables.t: no runs"),
-    ({"runs": {"a": {}}, "tables": {"t": {"runs": ["a"], "investigation": "yes"}}},
+    ({"runs": {"a": {"method": "moco", "bags": "nope"}}, "tables": {"t": {"runs": ["a"]}}}, "repro.runs.a: bags 'nope' is not in"),
+    ({"runs": {"a": {"method": "moco"}}, "tables": {"t": {"runs": ["b"]}}}, "repro.tables.t: run 'b' is not in repro.runs"),
+    ({"runs": {"a": {"method": "moco"}}, "tables": {"t": {"runs": []}}}, "repro.tables.t: no runs"),
+    ({"runs": {"a": {"method": "moco"}}, "tables": {"t": {"runs": ["a"], "investigation": "yes"}}},
      "repro.tables.t.investigation must be true or false, not 'yes'"),
     ({"runs": {"a": {"lr": 1}}, "tables": {"t": {"runs": ["a"]}}}, "repro.runs.a has unknown keys ['lr']"),
-    ({"bags": {"b": {"model": "x"}}, "runs": {"a": {}}, "tables": {"t": {"runs": ["a"]}}},
+    ({"runs": {"a": {"method": "moco", "set": "distill.optim.lr=1"}}, "tables": {"t": {"runs": ["a"]}}},
+     "repro.runs.a.set must be a list of strings, not 'distill.optim.lr=1'"),
+    ({"runs": {"a": {"method": "simclr"}}, "tables": {"t": {"runs": ["a"]}}},
+     "repro.runs.a: unknown method 'simclr'"),
+    ({"runs": {"a": {"method": "moco"}}, "tables": {"t": ["a"]}}, "repro.tables.t must be a mapping"),
+    ({"bags": {"b": {"model": "x"}}, "runs": {"a": {"method": "moco"}}, "tables": {"t": {"runs": ["a"]}}},
      "repro.bags.b: model 'x' is not a run"),
-    ({"runs": {"a": {}}, "tables": {"t": {"runs": ["a"]}}, "claims": [{"claim": "c", "table": "t", "better": "a",
+    ({"runs": {"a": {"method": "moco"}}, "tables": {"t": {"runs": ["a"]}}, "claims": [{"claim": "c", "table": "t", "better": "a",
                                                                       "worse": "z"}]},
      "repro.claims: 'c' must name a table and two of its runs"),
 ])
@@ -137,7 +145,7 @@ def test_bad_plans_are_refused(plan, message):
     for key, value in plan.items():
         setattr(cfg.repro, key, value)
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        check_plan(cfg, None)
+        ReproPlan.load(cfg.repro)
 
 
 def test_unknown_table_is_one_line_and_writes_nothing(tmp_path, capsys, bingo_logger_guard):

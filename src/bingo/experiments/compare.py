@@ -19,7 +19,8 @@ import numpy as np
 from bingo.config import Config, load_config
 from bingo.errors import UserError
 from bingo.eval.engine import check_protocols, eval_datasets, transfer_datasets
-from bingo.methods import METHODS, needs_teacher
+from bingo.experiments.plans import RunSpec, compare_runs
+from bingo.methods import needs_teacher
 from bingo.models.checkpoints import load_encoder
 from bingo.plots import plot_runs, pyplot, save_figure
 from bingo.report import flat_metrics
@@ -30,29 +31,24 @@ from bingo.training import file_digest, is_rank_zero, prepare_run_folder, write_
 log = logging.getLogger("bingo")
 
 
-def run_configs(cfg: Config) -> dict[str, Config]:
-    """One config per compared run: the shared config with the run's method and its own overrides."""
-    if not cfg.compare.runs:
-        raise UserError("nothing to compare: pass --methods NAME ... or compare.runs in a --config file")
-    configs = {}
-    for name, spec in cfg.compare.runs.items():
-        spec = spec or {}
-        unknown = set(spec) - {"method", "set"}
-        if unknown:
-            raise UserError(f"compare.runs.{name} has unknown keys {sorted(unknown)}; use 'method' and 'set'")
-        method = spec.get("method", name)
-        if method not in METHODS:
-            raise UserError(f"compare.runs.{name}: unknown method '{method}'; choose one of: {', '.join(METHODS)}")
-        run = load_config(None, None, [f"distill.method={method}", *spec.get("set", [])], stage="distill",
-                          base=copy.deepcopy(cfg))
-        if needs_teacher(run) and not run.teacher.checkpoint:
-            raise UserError(f"compare.runs.{name} ({method}) distils from a teacher: pass --teacher FILE")
-        if method == "bingo" and not run.distill.bags:
-            raise UserError(f"compare.runs.{name} (bingo) needs bags: pass --bags FILE (built by 'bingo bags')")
-        if "csv" not in run.trainer.loggers:
-            run.trainer.loggers = [*run.trainer.loggers, "csv"]  # the loss curves come from the CSV logs
-        configs[name] = run
-    return configs
+def run_configs(cfg: Config, runs: dict[str, RunSpec] | None = None) -> dict[str, Config]:
+    """One config per compared run (compare.runs, or `runs`): the shared config with the run's method and its
+    own overrides."""
+    return {name: run_config(cfg, spec) for name, spec in (runs or compare_runs(cfg.compare)).items()}
+
+
+def run_config(cfg: Config, spec: RunSpec, extra: tuple[str, ...] = (), section: str = "compare.runs") -> Config:
+    """The shared config with one run's method, `extra` overrides and its own, checked for what it needs."""
+    where = f"{section}.{spec.name}"
+    run = load_config(None, None, [f"distill.method={spec.method}", *extra, *spec.overrides], stage="distill",
+                      base=copy.deepcopy(cfg))
+    if needs_teacher(run) and not run.teacher.checkpoint:
+        raise UserError(f"{where} ({spec.method}) distils from a teacher: pass --teacher FILE")
+    if spec.method == "bingo" and not run.distill.bags:
+        raise UserError(f"{where} (bingo) needs bags: pass --bags FILE (built by 'bingo bags')")
+    if "csv" not in run.trainer.loggers:
+        run.trainer.loggers = [*run.trainer.loggers, "csv"]  # the loss curves come from the CSV logs
+    return run
 
 
 def run_compare(cfg: Config, out: Path, resume: bool = False) -> dict:

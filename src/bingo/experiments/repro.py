@@ -19,6 +19,7 @@ reused, an interrupted training continues from its last checkpoint; `--report` o
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -29,15 +30,9 @@ import numpy as np
 
 from bingo.config import Config, load_config
 from bingo.errors import UserError
-from bingo.experiments.compare import (
-    Evaluation,
-    compare_table,
-    eval_folder,
-    run_configs,
-    summarise,
-    train_and_evaluate,
-    train_run,
-)
+from bingo.experiments import compare
+from bingo.experiments.compare import Evaluation, compare_table, eval_folder, summarise, train_and_evaluate, train_run
+from bingo.experiments.plans import BagSpec, ReproPlan, RunSpec, TableSpec
 from bingo.models.checkpoints import load_encoder
 from bingo.plots import pyplot, save_figure
 from bingo.report import flat_metrics
@@ -47,9 +42,6 @@ from bingo.stages.pretrain import run_pretrain
 from bingo.training import file_digest, is_rank_zero, machine_info, prepare_run_folder, write_results
 
 log = logging.getLogger("bingo")
-RUN_KEYS, BAG_KEYS = {"method", "set", "bags"}, {"set", "model"}
-TABLE_KEYS = {"title", "runs", "protocols", "note", "investigation"}
-CLAIM_KEYS = {"claim", "table", "better", "worse", "metric", "paper"}
 SHOWN = ("kNN@10 top-1", "kNN@200 top-1", "linear top-1", "semi 1% top-1", "semi 10% top-1", "train wall time (s)")
 
 
@@ -61,63 +53,24 @@ def run_repro(cfg: Config, out: Path, tables: list[str] | None = None, resume: b
     `report_only`: rewrite the report from what OUT holds, training nothing.
     """
     started = time.perf_counter()
-    tables = check_plan(cfg, tables)
+    plan = ReproPlan.load(cfg.repro)
+    tables = plan.chosen_tables(tables)
     if report_only:
         if not (out / "config.yaml").exists():
             raise UserError(f"{out} holds no 'bingo repro' run to report on")
-        evaluation = out / "teacher" / "eval" / eval_folder(cfg.repro.teacher_protocols) / "results.json"
-        return write_report(cfg, out, _reference(json.loads(evaluation.read_text())) if evaluation.exists() else None)
+        evaluation = out / "teacher" / "eval" / eval_folder(plan.teacher_protocols) / "results.json"
+        return write_report(cfg, plan, out,
+                            _reference(json.loads(evaluation.read_text())) if evaluation.exists() else None)
     prepare_run_folder(out, cfg, resume)
     cfg = copy.deepcopy(cfg)
     cfg.teacher.checkpoint = str(teacher_file(cfg, out))
-    reference = teacher_row(cfg, out)
+    reference = teacher_row(cfg, plan, out)
     for table in tables:
-        run_table(cfg, out, table)
+        run_table(cfg, plan, out, plan.tables[table])
         if is_rank_zero():
             log_part(out, command, table, time.perf_counter() - started)
             started = time.perf_counter()
-    return write_report(cfg, out, reference) if is_rank_zero() else {}
-
-
-def check_plan(cfg: Config, tables: list[str] | None) -> list[str]:
-    """The tables to run, in the config's order; every name they use must exist (checked before any work).
-
-    By default every table but those marked `investigation: true`, which run only when named.
-    """
-    repro = cfg.repro
-    if not repro.tables:
-        raise UserError("nothing to reproduce: repro.tables is empty (the repro preset defines the paper's tables)")
-    unknown = [t for t in tables or [] if t not in repro.tables]
-    if unknown:
-        raise UserError(f"unknown table '{unknown[0]}'; choose from: {', '.join(repro.tables)}")
-    for kind, specs, keys in (("bags", repro.bags, BAG_KEYS), ("runs", repro.runs, RUN_KEYS),
-                              ("tables", repro.tables, TABLE_KEYS)):
-        for name, spec in specs.items():
-            extra = set(spec or {}) - keys
-            if extra:
-                raise UserError(f"repro.{kind}.{name} has unknown keys {sorted(extra)}; use {', '.join(sorted(keys))}")
-    for name, spec in repro.bags.items():
-        if (spec or {}).get("model") and spec["model"] not in repro.runs:
-            raise UserError(f"repro.bags.{name}: model '{spec['model']}' is not a run in repro.runs")
-    for name, spec in repro.runs.items():
-        if (spec or {}).get("bags") and spec["bags"] not in repro.bags:
-            raise UserError(f"repro.runs.{name}: bags '{spec['bags']}' is not in repro.bags")
-    for name, spec in repro.tables.items():
-        if not isinstance(spec.get("investigation", False), bool):
-            raise UserError(f"repro.tables.{name}.investigation must be true or false, not "
-                            f"{spec['investigation']!r}")
-        missing = [run for run in spec.get("runs", []) if run not in repro.runs]
-        if missing or not spec.get("runs"):
-            raise UserError(f"repro.tables.{name}: " + (f"run '{missing[0]}' is not in repro.runs" if missing
-                                                        else "no runs"))
-    for claim in repro.claims:
-        shown = repro.tables.get(claim.get("table"), {}).get("runs", [])
-        if set(claim) - CLAIM_KEYS or not shown or any(claim.get(side) not in [*shown, "teacher"]
-                                                        for side in ("better", "worse")):
-            raise UserError(f"repro.claims: '{claim.get('claim')}' must name a table and two of its runs "
-                            f"(keys: {', '.join(sorted(CLAIM_KEYS))})")
-    chosen = tables or [name for name, spec in repro.tables.items() if not spec.get("investigation")]
-    return [t for t in repro.tables if t in chosen]
+    return write_report(cfg, plan, out, reference) if is_rank_zero() else {}
 
 
 def teacher_file(cfg: Config, out: Path) -> Path:
@@ -129,12 +82,11 @@ def teacher_file(cfg: Config, out: Path) -> Path:
     return run_pretrain(cfg, out / "teacher", resume=True)
 
 
-def teacher_row(cfg: Config, out: Path) -> dict | None:
+def teacher_row(cfg: Config, plan: ReproPlan, out: Path) -> dict | None:
     """The teacher's own accuracies (evaluated once, reused), the reference row of the tables."""
-
     if not is_rank_zero():
         return None
-    protocols = tuple(cfg.repro.teacher_protocols)
+    protocols = plan.teacher_protocols
     folder = out / "teacher" / "eval" / eval_folder(protocols)
     teacher = cfg.teacher.checkpoint
     return _reference(evaluate_once(cfg, folder, "teacher", protocols, file_digest(Path(teacher)),
@@ -148,42 +100,35 @@ def _reference(results: dict) -> dict:
     return flat_metrics(row)
 
 
-def bag_file(cfg: Config, out: Path, name: str) -> Path:
-    """Bag file NAME of repro.bags, built on first use (from the teacher, or from run `model`'s first-seed student)."""
-    spec = cfg.repro.bags[name] or {}
-    overrides = list(spec.get("set", []))
-    if spec.get("model"):
-        student = train_run(run_config(cfg, out, spec["model"]), cfg.compare.seeds[0], out / "runs" / spec["model"],
-                            spec["model"])
+def bag_file(cfg: Config, plan: ReproPlan, out: Path, bag: BagSpec) -> Path:
+    """A bag file of the plan, built on first use (from the teacher, or from run `model`'s first-seed student)."""
+    overrides = list(bag.overrides)
+    if bag.model:
+        student = train_run(run_config(cfg, plan, out, plan.runs[bag.model]), cfg.compare.seeds[0],
+                            out / "runs" / bag.model, bag.model)
         overrides.append(f"student.checkpoint={student}")
     bags_cfg = load_config(None, None, overrides, stage="bags", base=copy.deepcopy(cfg))
-    log.info("repro: bags %s", name)
-    return run_bags(bags_cfg, out / "bags" / name, resume=True)
+    log.info("repro: bags %s", bag.name)
+    return run_bags(bags_cfg, out / "bags" / bag.name, resume=True)
 
 
-def run_config(cfg: Config, out: Path, name: str) -> Config:
-    """The resolved config of run NAME of repro.runs (its bag file built first)."""
-    spec = dict(cfg.repro.runs[name] or {})
-    overrides, bags = list(spec.pop("set", [])), spec.pop("bags", None)
-    if bags:
-        overrides = [f"distill.bags={bag_file(cfg, out, bags)}", *overrides]  # the file says how its bags were made
-    compare_cfg = copy.deepcopy(cfg)
-    compare_cfg.compare.runs = {name: {**spec, "set": overrides}}
-    return run_configs(compare_cfg)[name]
+def run_config(cfg: Config, plan: ReproPlan, out: Path, run: RunSpec) -> Config:
+    """The resolved config of one run of the plan (its bag file built first: the file says how its bags were made)."""
+    bags = (f"distill.bags={bag_file(cfg, plan, out, plan.bags[run.bags])}",) if run.bags else ()
+    return compare.run_config(cfg, run, bags, section="repro.runs")
 
 
-def run_table(cfg: Config, out: Path, table: str) -> dict | None:
+def run_table(cfg: Config, plan: ReproPlan, out: Path, table: TableSpec) -> dict | None:
     """Train and evaluate every run of one table for every seed; its summary in OUT/tables/TABLE."""
-    spec = cfg.repro.tables[table]
-    protocols = tuple(spec.get("protocols") or cfg.compare.protocols)
-    log.info("repro: table %s (%s)", table, spec.get("title", ""))
-    configs = {name: run_config(cfg, out, name) for name in spec["runs"]}
+    protocols = table.protocols or tuple(cfg.compare.protocols)
+    log.info("repro: table %s (%s)", table.name, table.title)
+    configs = {name: run_config(cfg, plan, out, plan.runs[name]) for name in table.runs}
     evaluation = Evaluation(cfg, protocols)
     per_run = {name: {seed: train_and_evaluate(run, seed, out / "runs" / name, name, evaluation)
                       for seed in cfg.compare.seeds} for name, run in configs.items()}
     if not is_rank_zero():
         return None
-    return summarise(configs, per_run, cfg.compare.seeds, protocols, out / "runs", out / "tables" / table)
+    return summarise(configs, per_run, cfg.compare.seeds, protocols, out / "runs", out / "tables" / table.name)
 
 
 def verdict(better: list[float], worse: list[float]) -> tuple[str, float, float]:
@@ -201,22 +146,23 @@ def verdict(better: list[float], worse: list[float]) -> tuple[str, float, float]
     return ("holds" if difference > 0 else "does not hold"), difference, error
 
 
-def judge(cfg: Config, summaries: dict[str, dict], reference: dict | None) -> list[dict]:
+def judge(plan: ReproPlan, summaries: dict[str, dict], reference: dict | None) -> list[dict]:
     """Every claim whose table is done, on each of its metrics: both sides' mean ± std, the difference, the verdict.
 
     A claim is judged on its own `metric` if it names one, else on each of repro.metrics.
     """
     judged = []
-    for claim in cfg.repro.claims:
-        summary = summaries.get(claim["table"])
+    for claim in plan.claims:
+        summary = summaries.get(claim.table)
         if summary is None:
             continue
-        for metric in [claim["metric"]] if claim.get("metric") else cfg.repro.metrics:
-            sides = {side: _values(summary, claim[side], metric, reference) for side in ("better", "worse")}
+        for metric in [claim.metric] if claim.metric else plan.metrics:
+            sides = {side: _values(summary, getattr(claim, side), metric, reference) for side in ("better", "worse")}
             if not sides["better"] or not sides["worse"]:
                 continue
             outcome, difference, error = verdict(sides["better"], sides["worse"])
-            judged.append({**claim, "metric": metric, "verdict": outcome, "difference": round(difference, 2),
+            stated = {k: v for k, v in dataclasses.asdict(claim).items() if v is not None}  # as the plan gives it
+            judged.append({**stated, "metric": metric, "verdict": outcome, "difference": round(difference, 2),
                            "standard_error": round(error, 2),
                            **{f"{side}_mean": round(float(np.mean(v)), 2) for side, v in sides.items()},
                            **{f"{side}_std": round(float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, 2)
@@ -247,18 +193,18 @@ def compute_seconds(out: Path) -> float:
     return round(sum(json.loads(f.read_text()).get("wall_time_s", 0.0) for f in files if f.exists()), 1)
 
 
-def write_report(cfg: Config, out: Path, reference: dict | None) -> dict:
+def write_report(cfg: Config, plan: ReproPlan, out: Path, reference: dict | None) -> dict:
     """OUT/results.json and OUT/results.md: every table done so far, each claim's verdict, machine, wall times."""
-    summaries = {t: json.loads((out / "tables" / t / "results.json").read_text()) for t in cfg.repro.tables
+    summaries = {t: json.loads((out / "tables" / t / "results.json").read_text()) for t in plan.tables
                  if (out / "tables" / t / "results.json").exists()}
     parts = json.loads((out / "parts.json").read_text()) if (out / "parts.json").exists() else []
-    report = {"machine": machine_info(), "seeds": list(cfg.compare.seeds), "metrics": list(cfg.repro.metrics),
-              "teacher": reference, "tables": summaries, "claims": judge(cfg, summaries, reference), "parts": parts,
+    report = {"machine": machine_info(), "seeds": list(cfg.compare.seeds), "metrics": list(plan.metrics),
+              "teacher": reference, "tables": summaries, "claims": judge(plan, summaries, reference), "parts": parts,
               "wall_time_s": round(sum(p["wall_time_s"] for p in parts), 1), "compute_s": compute_seconds(out)}
     write_results(out, report)
     for table, summary in summaries.items():
         table_chart(summary, reference, out / "results" / f"{table}.png")
-    (out / "results.md").write_text(report_markdown(cfg, report))
+    (out / "results.md").write_text(report_markdown(plan, report))
     return report
 
 
@@ -294,7 +240,7 @@ def table_chart(summary: dict, reference: dict | None, path: Path) -> None:
     save_figure(figure, path)
 
 
-def report_markdown(cfg: Config, report: dict) -> str:
+def report_markdown(plan: ReproPlan, report: dict) -> str:
     """The report as Markdown: claims first, then one section per table."""
     machine = report["machine"]
     lines = ["# The paper's tables in miniature", "", f"Machine: {machine['cpu']}, "
@@ -310,11 +256,11 @@ def report_markdown(cfg: Config, report: dict) -> str:
                      f"| {c['worse']} {c['worse_mean']:.1f} ± {c['worse_std']:.1f} | {c['difference']:+.1f} "
                      f"± {c['standard_error']:.1f} | {c['verdict']} | {c.get('paper', '-') if claim else ''} |")
     for table, summary in report["tables"].items():
-        spec = cfg.repro.tables[table]
-        lines += ["", f"## {spec.get('title', table)}", "", table_markdown(summary, report["teacher"]), "",
+        spec = plan.tables[table]
+        lines += ["", f"## {spec.title or table}", "", table_markdown(summary, report["teacher"]), "",
                   f"![{table}](results/{table}.png)"]
-        if spec.get("note"):
-            lines += ["", spec["note"]]
+        if spec.note:
+            lines += ["", spec.note]
     lines += ["", "## Commands", "", "| table | wall time (min) | finished | command |", "|---|---|---|---|"]
     lines += [f"| {p['table']} | {p['wall_time_s'] / 60:.1f} | {p['finished']} | `{p['command']}` |"
               for p in report["parts"]]

@@ -1,0 +1,170 @@
+"""Typed plans of the experiments: compared runs, bag files, tables and claims, validated when they are loaded.
+
+The config keeps them as the YAML a user writes (`compare.runs`, `repro.*`); `compare_runs` and
+`ReproPlan.load` turn that into these dataclasses, or refuse it in one line naming the entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from bingo.config import CompareConfig, ReproConfig
+from bingo.errors import UserError
+from bingo.methods import METHODS
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a comparison: a method with its own `--set` overrides, and (repro) the bag file it trains on."""
+
+    name: str
+    method: str
+    overrides: tuple[str, ...] = ()
+    bags: str | None = None  # a name in repro.bags
+
+
+@dataclass(frozen=True)
+class BagSpec:
+    """One bag file of repro: `bingo bags` overrides, and the run whose first-seed student's features make it."""
+
+    name: str
+    overrides: tuple[str, ...] = ()
+    model: str | None = None  # a name in repro.runs; None: the teacher's features
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One table of repro: its runs, the protocols they are evaluated by (None: compare.protocols), its text."""
+
+    name: str
+    runs: tuple[str, ...]
+    title: str = ""
+    protocols: tuple[str, ...] | None = None
+    note: str = ""
+    investigation: bool = False  # run only when --tables names it
+
+
+@dataclass(frozen=True)
+class ClaimSpec:
+    """A claim of the paper: run `better` beats run `worse` (or the teacher) in `table`, on `metric` or on each
+    of repro.metrics."""
+
+    claim: str
+    table: str
+    better: str
+    worse: str
+    metric: str | None = None
+    paper: str | None = None  # what the paper reports, shown beside the verdict
+
+
+def _entry(where: str, spec: Any, keys: set[str]) -> dict:
+    """A plan entry as a mapping with known keys only."""
+    spec = {} if spec is None else spec
+    if not isinstance(spec, dict):
+        raise UserError(f"{where} must be a mapping with keys {', '.join(sorted(keys))}, not {spec!r}")
+    extra = set(spec) - keys
+    if extra:
+        raise UserError(f"{where} has unknown keys {sorted(extra)}; use {', '.join(sorted(keys))}")
+    return spec
+
+
+def _strings(where: str, value: Any) -> tuple[str, ...]:
+    """A list of strings (overrides, run names, protocols) as a tuple."""
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise UserError(f"{where} must be a list of strings, not {value!r}")
+    return tuple(value)
+
+
+def run_spec(where: str, name: str, spec: Any, keys: set[str]) -> RunSpec:
+    """A compared run from its YAML entry (keys: method, set, and for repro bags)."""
+    spec = _entry(where, spec, keys)
+    method = spec.get("method", name)
+    if method not in METHODS:
+        raise UserError(f"{where}: unknown method '{method}'; choose one of: {', '.join(METHODS)}")
+    return RunSpec(name, method, _strings(f"{where}.set", spec.get("set", [])), spec.get("bags"))
+
+
+def compare_runs(compare: CompareConfig) -> dict[str, RunSpec]:
+    """The runs of `bingo compare` (compare.runs)."""
+    if not compare.runs:
+        raise UserError("nothing to compare: pass --methods NAME ... or compare.runs in a --config file")
+    return {name: run_spec(f"compare.runs.{name}", name, spec, {"method", "set"})
+            for name, spec in compare.runs.items()}
+
+
+@dataclass(frozen=True)
+class ReproPlan:
+    """`bingo repro`'s plan: bag files, a pool of runs shared by the tables, the tables and the claims."""
+
+    bags: dict[str, BagSpec]
+    runs: dict[str, RunSpec]
+    tables: dict[str, TableSpec]
+    claims: tuple[ClaimSpec, ...]
+    metrics: tuple[str, ...]  # claims without their own metric are judged on each of these
+    teacher_protocols: tuple[str, ...]  # the teacher's reference row
+
+    @classmethod
+    def load(cls, repro: ReproConfig) -> ReproPlan:
+        """The plan of the repro section, every name it uses checked (before any work)."""
+        if not repro.tables:
+            raise UserError("nothing to reproduce: repro.tables is empty (the repro preset defines the paper's tables)")
+        bags = {name: _bag(name, spec) for name, spec in repro.bags.items()}
+        runs = {name: run_spec(f"repro.runs.{name}", name, spec, {"method", "set", "bags"})
+                for name, spec in repro.runs.items()}
+        tables = {name: _table(name, spec) for name, spec in repro.tables.items()}
+        plan = cls(bags, runs, tables, tuple(_claim(claim) for claim in repro.claims),
+                   _strings("repro.metrics", repro.metrics), _strings("repro.teacher_protocols",
+                                                                      repro.teacher_protocols))
+        plan.check_names()
+        return plan
+
+    def check_names(self) -> None:
+        """Every bag file, run and table a plan entry names exists; every claim compares two runs of its table."""
+        for bag in self.bags.values():
+            if bag.model and bag.model not in self.runs:
+                raise UserError(f"repro.bags.{bag.name}: model '{bag.model}' is not a run in repro.runs")
+        for run in self.runs.values():
+            if run.bags and run.bags not in self.bags:
+                raise UserError(f"repro.runs.{run.name}: bags '{run.bags}' is not in repro.bags")
+        for table in self.tables.values():
+            missing = [run for run in table.runs if run not in self.runs]
+            if missing or not table.runs:
+                raise UserError(f"repro.tables.{table.name}: " + (f"run '{missing[0]}' is not in repro.runs"
+                                                                  if missing else "no runs"))
+        for claim in self.claims:
+            shown = self.tables[claim.table].runs if claim.table in self.tables else ()
+            if not shown or any(side not in [*shown, "teacher"] for side in (claim.better, claim.worse)):
+                raise UserError(f"repro.claims: '{claim.claim}' must name a table and two of its runs")
+
+    def chosen_tables(self, names: list[str] | None) -> list[str]:
+        """The tables to run, in the plan's order: `names`, or every table not marked as an investigation."""
+        unknown = [t for t in names or [] if t not in self.tables]
+        if unknown:
+            raise UserError(f"unknown table '{unknown[0]}'; choose from: {', '.join(self.tables)}")
+        chosen = names or [name for name, table in self.tables.items() if not table.investigation]
+        return [t for t in self.tables if t in chosen]
+
+
+def _bag(name: str, spec: Any) -> BagSpec:
+    spec = _entry(f"repro.bags.{name}", spec, {"set", "model"})
+    return BagSpec(name, _strings(f"repro.bags.{name}.set", spec.get("set", [])), spec.get("model"))
+
+
+def _table(name: str, spec: Any) -> TableSpec:
+    spec = _entry(f"repro.tables.{name}", spec, {"title", "runs", "protocols", "note", "investigation"})
+    if not isinstance(spec.get("investigation", False), bool):
+        raise UserError(f"repro.tables.{name}.investigation must be true or false, not {spec['investigation']!r}")
+    protocols = spec.get("protocols")
+    return TableSpec(name, _strings(f"repro.tables.{name}.runs", spec.get("runs", [])), str(spec.get("title", "")),
+                     None if protocols is None else _strings(f"repro.tables.{name}.protocols", protocols),
+                     str(spec.get("note", "")), spec.get("investigation", False))
+
+
+def _claim(spec: Any) -> ClaimSpec:
+    keys = {"claim", "table", "better", "worse", "metric", "paper"}
+    if not isinstance(spec, dict) or set(spec) - keys or not {"claim", "table", "better", "worse"} <= set(spec):
+        name = spec.get("claim") if isinstance(spec, dict) else spec
+        raise UserError(f"repro.claims: '{name}' must name a table and two of its runs "
+                        f"(keys: {', '.join(sorted(keys))})")
+    return ClaimSpec(**spec)
