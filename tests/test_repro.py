@@ -121,22 +121,26 @@ def test_the_shipped_plan_is_consistent():
     assert len(runs) == 6  # the six rows of BINGO's teacher-parameter and relation ablation (arXiv 2107.01691)
 
 
+MOCO = {"method": "moco"}  # a run of the plan
+
+
 @pytest.mark.parametrize("plan,message", [
     ({"tables": {}}, "nothing to reproduce"),
-    ({"runs": {"a": {"method": "moco", "bags": "nope"}}, "tables": {"t": {"runs": ["a"]}}}, "repro.runs.a: bags 'nope' is not in"),
-    ({"runs": {"a": {"method": "moco"}}, "tables": {"t": {"runs": ["b"]}}}, "repro.tables.t: run 'b' is not in repro.runs"),
-    ({"runs": {"a": {"method": "moco"}}, "tables": {"t": {"runs": []}}}, "repro.tables.t: no runs"),
-    ({"runs": {"a": {"method": "moco"}}, "tables": {"t": {"runs": ["a"], "investigation": "yes"}}},
+    ({"runs": {"a": {**MOCO, "bags": "nope"}}, "tables": {"t": {"runs": ["a"]}}},
+     "repro.runs.a: bags 'nope' is not in"),
+    ({"runs": {"a": MOCO}, "tables": {"t": {"runs": ["b"]}}}, "repro.tables.t: run 'b' is not in repro.runs"),
+    ({"runs": {"a": MOCO}, "tables": {"t": {"runs": []}}}, "repro.tables.t: no runs"),
+    ({"runs": {"a": MOCO}, "tables": {"t": {"runs": ["a"], "investigation": "yes"}}},
      "repro.tables.t.investigation must be true or false, not 'yes'"),
     ({"runs": {"a": {"lr": 1}}, "tables": {"t": {"runs": ["a"]}}}, "repro.runs.a has unknown keys ['lr']"),
-    ({"runs": {"a": {"method": "moco", "set": "distill.optim.lr=1"}}, "tables": {"t": {"runs": ["a"]}}},
+    ({"runs": {"a": {**MOCO, "set": "distill.optim.lr=1"}}, "tables": {"t": {"runs": ["a"]}}},
      "repro.runs.a.set must be a list of strings, not 'distill.optim.lr=1'"),
     ({"runs": {"a": {"method": "simclr"}}, "tables": {"t": {"runs": ["a"]}}},
      "repro.runs.a: unknown method 'simclr'"),
-    ({"runs": {"a": {"method": "moco"}}, "tables": {"t": ["a"]}}, "repro.tables.t must be a mapping"),
-    ({"bags": {"b": {"model": "x"}}, "runs": {"a": {"method": "moco"}}, "tables": {"t": {"runs": ["a"]}}},
+    ({"runs": {"a": MOCO}, "tables": {"t": ["a"]}}, "repro.tables.t must be a mapping"),
+    ({"bags": {"b": {"model": "x"}}, "runs": {"a": MOCO}, "tables": {"t": {"runs": ["a"]}}},
      "repro.bags.b: model 'x' is not a run"),
-    ({"runs": {"a": {"method": "moco"}}, "tables": {"t": {"runs": ["a"]}}, "claims": [{"claim": "c", "table": "t", "better": "a",
+    ({"runs": {"a": MOCO}, "tables": {"t": {"runs": ["a"]}}, "claims": [{"claim": "c", "table": "t", "better": "a",
                                                                       "worse": "z"}]},
      "repro.claims: 'c' must name a table and two of its runs"),
 ])
