@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import json
 import statistics
 
 import pytest
@@ -11,7 +11,6 @@ from bingo.cli import main
 from bingo.config import load_config
 from bingo.errors import UserError
 from bingo.experiments.plans import ReproPlan
-from bingo.experiments.repro import verdict
 from conftest import read_json, tiny_sets
 
 PLAN = """
@@ -51,11 +50,17 @@ def test_tables_share_runs_and_resume_in_parts(tmp_path, capsys, bingo_logger_gu
         ("bingo beats moco", "linear top-1"), ("bingo beats moco", "kNN@10 top-1"),
         ("the teacher beats bingo", "linear top-1"), ("the teacher beats bingo", "kNN@10 top-1")]
     assert report["teacher"]["linear top-1"] == pytest.approx(report["claims"][2]["better_mean"], abs=0.01)
-    for claim in report["claims"]:  # the verdict follows from the reported difference and its standard error
-        difference, error = claim["difference"], claim["standard_error"]
+    p_values = [claim["p"] for claim in report["claims"]]
+    for claim in report["claims"]:  # paired over the two seeds, Holm-corrected over the four rows
+        difference = claim["difference"]
         assert difference == pytest.approx(claim["better_mean"] - claim["worse_mean"], abs=0.011)
-        expected = "within noise" if abs(difference) <= 2 * error else "holds" if difference > 0 else "does not hold"
-        assert claim["verdict"] == expected or abs(abs(difference) - 2 * error) < 0.03, claim  # (rounded values)
+        assert claim["pairs"] == 2 and claim["low"] <= difference <= claim["high"]
+        assert claim["p"] <= claim["p_holm"] <= min(1.0, 4 * claim["p"]) + 1e-4
+        expected = "inconclusive" if claim["p_holm"] >= 0.05 else "holds" if difference > 0 else "reversed"
+        assert claim["verdict"] == expected, claim
+    assert min(p_values) == pytest.approx(min(c["p_holm"] for c in report["claims"]) / 4, abs=1e-4) or \
+        min(c["p_holm"] for c in report["claims"]) == 1.0
+    assert report["claims"][2]["worse_std"] >= 0 and report["claims"][2]["better_std"] == 0.0  # the teacher: exact
     assert [p["table"] for p in read_json(out / "parts.json")] == ["main"]
     first = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("student.safetensors")}
     assert len(first) == 4  # moco and bingo, two seeds each
@@ -94,19 +99,46 @@ def test_tables_share_runs_and_resume_in_parts(tmp_path, capsys, bingo_logger_gu
     assert "holds no 'bingo repro' run" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("better,worse,expected", [
-    ([70.0, 71.0, 72.0], [60.0, 61.0, 62.0], "holds"),
-    ([60.0, 61.0, 62.0], [70.0, 71.0, 72.0], "does not hold"),
-    ([70.0, 65.0, 75.0], [69.0, 64.0, 74.0], "within noise"),
-    ([70.0], [60.0], "one seed: no verdict"),
-    ([70.0], [60.0, 61.0, 62.0], "holds"),  # a reference value against seeds
+def _published(values: dict[str, list[float]]) -> dict:
+    """A results.json as `bingo repro` publishes it: table main, each run's linear top-1 per seed."""
+    runs = {name: {"method": name, "seeds": {str(seed): {"linear top-1": v} for seed, v in enumerate(vs)},
+                   "mean": {"linear top-1": statistics.mean(vs)}, "std": {"linear top-1": statistics.stdev(vs)}}
+            for name, vs in values.items()}
+    return {"machine": {"cpu": "test CPU", "cores": 2, "gpu": None, "torch": "2"}, "seeds": [0, 1, 2, 3, 4],
+            "teacher": {"linear top-1": 90.0}, "tables": {"main": {"runs": runs, "seeds": [0, 1, 2, 3, 4],
+                                                                   "protocols": ["linear"]}},
+            "parts": [], "wall_time_s": 60.0, "compute_s": 120.0, "claims": "judged again: never read"}
+
+
+def test_a_published_report_is_rendered_again_from_its_results_json_alone(tmp_path, bingo_logger_guard):
+    plan, published = tmp_path / "plan.yaml", tmp_path / "published.json"
+    plan.write_text(PLAN.replace("paper: \"61.4 vs 52.5\"", "metric: linear top-1"))
+    published.write_text(json.dumps(_published({"bingo": [71.0, 72.5, 71.5, 73.0, 72.0],
+                                                "moco": [69.0, 70.5, 70.0, 70.5, 70.0]})))
+    out = tmp_path / "page"
+    assert main(["repro", "--preset", "demo", "--config", str(plan), "--report", "--from", str(published),
+                 "--out", str(out)]) == 0
+    claims = read_json(out / "results.json")["claims"]
+    assert [(c["claim"], c["verdict"]) for c in claims] == [("bingo beats moco", "holds"),
+                                                            ("the teacher beats bingo", "holds")]
+    assert claims[0]["difference"] == pytest.approx(2.0) and claims[0]["pairs"] == 5
+    page = (out / "results.md").read_text()
+    assert "| bingo beats moco | linear top-1 | bingo 72.0 ± 0.8 | moco 70.0 ± 0.6 | +2.0 [" in page
+    assert "Machine: test CPU, 2 cores, no GPU" in page and (out / "results" / "main.png").exists()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda path: path.write_text("not json"), "cannot read"),
+    (lambda path: path.write_text(json.dumps({"tables": {}})), "is not a 'bingo repro' results.json: it lacks"),
 ])
-def test_verdict(better, worse, expected):
-    outcome, difference, error = verdict(better, worse)
-    assert outcome == expected and difference == pytest.approx(sum(better) / len(better) - sum(worse) / len(worse))
-    # the standard error of the difference of the means, from each side with more than one value
-    variances = [statistics.variance(v) / len(v) for v in (better, worse) if len(v) > 1]
-    assert error == pytest.approx(math.sqrt(sum(variances)))
+def test_a_bad_results_json_to_render_is_refused_in_one_line(tmp_path, capsys, make, message, bingo_logger_guard):
+    published = tmp_path / "published.json"
+    make(published)
+    assert main(["repro", "--report", "--from", str(published), "--out", str(tmp_path / "page")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and message in err[0] and not (tmp_path / "page").exists()
+    assert main(["repro", "--from", str(published), "--out", str(tmp_path / "page")]) == 2
+    assert "pass --report as well" in capsys.readouterr().err
 
 
 def test_the_shipped_plan_is_consistent():

@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                                   "investigations only when named)")
             sub.add_argument("--report", action="store_true",
                              help="only rewrite OUT/results.md and results.json from what OUT holds; train nothing")
+            sub.add_argument("--from", dest="report_from", type=Path, metavar="RESULTS_JSON",
+                             help="with --report: re-render the page (claims judged again, charts) from this "
+                                  "results.json alone, e.g. docs/results.json, into --out")
         if name == "compare":
             sub.add_argument("--methods", nargs="+", metavar="METHOD",
                              help="methods to compare (variants: compare.runs in a --config file)")
@@ -236,7 +239,9 @@ def main(argv: list[str] | None = None) -> int:
             from bingo.experiments.repro import run_repro
 
             command = " ".join(["bingo", *(sys.argv[1:] if argv is None else argv)])
-            report = run_repro(cfg, args.out, args.tables, args.resume, command, args.report)
+            if args.report_from and not args.report:
+                raise UserError("--from re-renders a report: pass --report as well")
+            report = run_repro(cfg, args.out, args.tables, args.resume, command, args.report, args.report_from)
             print((args.out / "results.md").read_text() if report else "")
         elif args.command == "eval":
             from bingo.stages.evaluate import run_eval

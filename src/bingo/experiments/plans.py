@@ -56,6 +56,7 @@ class ClaimSpec:
     worse: str
     metric: str | None = None
     paper: str | None = None  # what the paper reports, shown beside the verdict
+    margin: float | None = None  # "at least as good as": better - worse > -margin (accuracy points)
 
 
 def _entry(where: str, spec: Any, keys: set[str]) -> dict:
@@ -162,9 +163,13 @@ def _table(name: str, spec: Any) -> TableSpec:
 
 
 def _claim(spec: Any) -> ClaimSpec:
-    keys = {"claim", "table", "better", "worse", "metric", "paper"}
+    keys = {"claim", "table", "better", "worse", "metric", "paper", "margin"}
     if not isinstance(spec, dict) or set(spec) - keys or not {"claim", "table", "better", "worse"} <= set(spec):
         name = spec.get("claim") if isinstance(spec, dict) else spec
         raise UserError(f"repro.claims: '{name}' must name a table and two of its runs "
                         f"(keys: {', '.join(sorted(keys))})")
+    margin = spec.get("margin")
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, int | float) or margin <= 0):
+        raise UserError(f"repro.claims: '{spec['claim']}' has margin {margin!r}; a non-inferiority margin is a "
+                        "positive number of accuracy points")
     return ClaimSpec(**spec)

@@ -33,6 +33,7 @@ from bingo.errors import UserError
 from bingo.experiments import compare
 from bingo.experiments.compare import Evaluation, compare_table, eval_folder, summarise, train_and_evaluate, train_run
 from bingo.experiments.plans import BagSpec, ReproPlan, RunSpec, TableSpec
+from bingo.experiments.stats import holm, paired_comparison
 from bingo.models.checkpoints import load_encoder
 from bingo.plots import pyplot, save_figure
 from bingo.report import flat_metrics
@@ -46,15 +47,20 @@ SHOWN = ("kNN@10 top-1", "kNN@200 top-1", "linear top-1", "semi 1% top-1", "semi
 
 
 def run_repro(cfg: Config, out: Path, tables: list[str] | None = None, resume: bool = False,
-              command: str = "bingo repro", report_only: bool = False) -> dict:
+              command: str = "bingo repro", report_only: bool = False, report_from: Path | None = None) -> dict:
     """Train, evaluate and summarise the chosen tables (the paper's by default); then the report of every table done.
 
     Each finished table's wall time in this invocation goes to OUT/parts.json with `command`.
-    `report_only`: rewrite the report from what OUT holds, training nothing.
+    `report_only`: rewrite the report from what OUT holds, training nothing; `report_from`: from that
+    results.json alone (a published one), into OUT.
     """
     started = time.perf_counter()
     plan = ReproPlan.load(cfg.repro)
     tables = plan.chosen_tables(tables)
+    if report_from is not None:
+        if (out / "config.yaml").exists():
+            raise UserError(f"{out} holds a 'bingo repro' run; re-render a results.json into another --out")
+        return render_report(plan, read_report(report_from), out)
     if report_only:
         if not (out / "config.yaml").exists():
             raise UserError(f"{out} holds no 'bingo repro' run to report on")
@@ -131,27 +137,13 @@ def run_table(cfg: Config, plan: ReproPlan, out: Path, table: TableSpec) -> dict
     return summarise(configs, per_run, cfg.compare.seeds, protocols, out / "runs", out / "tables" / table.name)
 
 
-def verdict(better: list[float], worse: list[float]) -> tuple[str, float, float]:
-    """'holds', 'does not hold' or 'within noise' for "better > worse": (verdict, difference, its standard error).
-
-    The difference of the means counts when it exceeds twice its standard error (from the seeds' spreads;
-    a side with one value, like the teacher's reference row, counts as exact).
-    """
-    difference = float(np.mean(better) - np.mean(worse))
-    error = math.sqrt(sum(np.var(v, ddof=1) / len(v) if len(v) > 1 else 0.0 for v in (better, worse)))
-    if len(better) < 2 and len(worse) < 2:
-        return "one seed: no verdict", difference, error
-    if abs(difference) <= 2 * error:
-        return "within noise", difference, error
-    return ("holds" if difference > 0 else "does not hold"), difference, error
-
-
 def judge(plan: ReproPlan, summaries: dict[str, dict], reference: dict | None) -> list[dict]:
-    """Every claim whose table is done, on each of its metrics: both sides' mean ± std, the difference, the verdict.
+    """Every claim whose table is done, on each of its metrics: both sides' mean ± std, the paired difference with
+    its 95% interval, the p-value Holm-corrected over all of them, the detectable effect, the verdict.
 
     A claim is judged on its own `metric` if it names one, else on each of repro.metrics.
     """
-    judged = []
+    judged, comparisons = [], []
     for claim in plan.claims:
         summary = summaries.get(claim.table)
         if summary is None:
@@ -160,21 +152,35 @@ def judge(plan: ReproPlan, summaries: dict[str, dict], reference: dict | None) -
             sides = {side: _values(summary, getattr(claim, side), metric, reference) for side in ("better", "worse")}
             if not sides["better"] or not sides["worse"]:
                 continue
-            outcome, difference, error = verdict(sides["better"], sides["worse"])
+            for side, other in (("better", "worse"), ("worse", "better")):  # the teacher's value: exact, every seed
+                if getattr(claim, side) == "teacher":
+                    sides[side] = dict.fromkeys(sides[other], sides[side]["reference"])
+            comparison = paired_comparison(sides["better"], sides["worse"], claim.margin)
             stated = {k: v for k, v in dataclasses.asdict(claim).items() if v is not None}  # as the plan gives it
-            judged.append({**stated, "metric": metric, "verdict": outcome, "difference": round(difference, 2),
-                           "standard_error": round(error, 2),
-                           **{f"{side}_mean": round(float(np.mean(v)), 2) for side, v in sides.items()},
-                           **{f"{side}_std": round(float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, 2)
-                              for side, v in sides.items()}})
+            comparisons.append(comparison)
+            judged.append({**stated, "metric": metric, **{key: _rounded(value, 6 if key == "p" else 2) for key, value
+                                                           in dataclasses.asdict(comparison).items()},
+                           **{f"{side}_mean": round(float(np.mean(list(v.values()))), 2) for side, v in sides.items()},
+                           **{f"{side}_std": round(float(np.std(list(v.values()), ddof=1)) if len(set(v.values())) > 1
+                                                   else 0.0, 2) for side, v in sides.items()}})
+    for entry, comparison, corrected in zip(judged, comparisons, holm([c.p for c in comparisons]), strict=True):
+        entry |= {"p_holm": _rounded(corrected, 6), "verdict": comparison.verdict(corrected)}
     return judged
 
 
-def _values(summary: dict, run: str, metric: str, reference: dict | None) -> list[float]:
-    """A run's value of `metric` for each seed (the teacher: its one reference value)."""
+def _rounded(value: float | int | None, digits: int = 2) -> float | int | None:
+    """A number for results.json: rounded, NaN as None."""
+    if value is None or isinstance(value, int):
+        return value
+    return None if math.isnan(value) else round(value, digits)
+
+
+def _values(summary: dict, run: str, metric: str, reference: dict | None) -> dict[str, float]:
+    """A run's value of `metric` for each seed (seed -> value; the teacher: its one reference value)."""
     if run == "teacher":
-        return [reference[metric]] if reference and metric in reference else []
-    return [seed[metric] for seed in summary["runs"].get(run, {}).get("seeds", {}).values() if metric in seed]
+        return {"reference": reference[metric]} if reference and metric in reference else {}
+    seeds = summary["runs"].get(run, {}).get("seeds", {})
+    return {str(seed): values[metric] for seed, values in seeds.items() if metric in values}
 
 
 def log_part(out: Path, command: str, table: str, seconds: float) -> None:
@@ -198,13 +204,37 @@ def write_report(cfg: Config, plan: ReproPlan, out: Path, reference: dict | None
     summaries = {t: json.loads((out / "tables" / t / "results.json").read_text()) for t in plan.tables
                  if (out / "tables" / t / "results.json").exists()}
     parts = json.loads((out / "parts.json").read_text()) if (out / "parts.json").exists() else []
-    report = {"machine": machine_info(), "seeds": list(cfg.compare.seeds), "metrics": list(plan.metrics),
-              "teacher": reference, "tables": summaries, "claims": judge(plan, summaries, reference), "parts": parts,
-              "wall_time_s": round(sum(p["wall_time_s"] for p in parts), 1), "compute_s": compute_seconds(out)}
+    report = {"machine": machine_info(), "seeds": list(cfg.compare.seeds), "teacher": reference,
+              "tables": summaries, "parts": parts, "wall_time_s": round(sum(p["wall_time_s"] for p in parts), 1),
+              "compute_s": compute_seconds(out)}
+    return render_report(plan, report, out)
+
+
+REPORT_KEYS = ("machine", "seeds", "teacher", "tables", "parts", "wall_time_s", "compute_s")  # what a page is made of
+
+
+def render_report(plan: ReproPlan, report: dict, out: Path) -> dict:
+    """OUT/results.json, results.md and results/TABLE.png from a report's data, every claim judged by the plan."""
+    report = {key: report[key] for key in REPORT_KEYS} | {"metrics": list(plan.metrics),
+                                                         "claims": judge(plan, report["tables"], report["teacher"])}
+    out.mkdir(parents=True, exist_ok=True)
     write_results(out, report)
-    for table, summary in summaries.items():
-        table_chart(summary, reference, out / "results" / f"{table}.png")
+    for table, summary in report["tables"].items():
+        table_chart(summary, report["teacher"], out / "results" / f"{table}.png")
     (out / "results.md").write_text(report_markdown(plan, report))
+    return report
+
+
+def read_report(path: Path) -> dict:
+    """A report's data from its results.json (as `bingo repro` writes it), checked in one line."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"cannot read {path} as a 'bingo repro' results.json ({err}); pass the results.json of a "
+                        "repro folder") from None
+    missing = [key for key in REPORT_KEYS if key not in report] if isinstance(report, dict) else list(REPORT_KEYS)
+    if missing:
+        raise UserError(f"{path} is not a 'bingo repro' results.json: it lacks {', '.join(missing)}")
     return report
 
 
@@ -242,19 +272,20 @@ def table_chart(summary: dict, reference: dict | None, path: Path) -> None:
 
 def report_markdown(plan: ReproPlan, report: dict) -> str:
     """The report as Markdown: claims first, then one section per table."""
-    machine = report["machine"]
-    lines = ["# The paper's tables in miniature", "", f"Machine: {machine['cpu']}, "
-             f"{machine['cores']} cores, {machine['gpu'] or 'no GPU'}, torch "
-             f"{report['machine']['torch']}. Time: {report['compute_s'] / 60:.0f} min, the sum of every training, "
-             f"bag building and evaluation it holds; the parts below ran for {report['wall_time_s'] / 60:.0f} min "
-             "(a part that was interrupted is not listed).", "",
-             "## Claims", "", "| claim | metric | better | worse | difference | verdict | paper |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["# The paper's tables in miniature", "", f"Machine: {_machine(report['machine'])}. Time: "
+             f"{report['compute_s'] / 60:.0f} min, the sum of every training, bag building and evaluation it holds; "
+             f"the parts below ran for {report['wall_time_s'] / 60:.0f} min (a part that was interrupted is not "
+             "listed).", "",
+             "## Claims", "", CLAIMS_RULE, "",
+             "| claim | metric | better | worse | paired difference [95% CI] | p (Holm) | detectable | verdict "
+             "| paper |", "|---|---|---|---|---|---|---|---|---|"]
     for previous, c in zip([{}, *report["claims"]], report["claims"], strict=False):
         claim = "" if previous.get("claim") == c["claim"] else c["claim"]  # one claim, several metrics: named once
+        claim += f" (margin {c['margin']:g})" if claim and c.get("margin") else ""
         lines.append(f"| {claim} | {c['metric']} | {c['better']} {c['better_mean']:.1f} ± {c['better_std']:.1f} "
-                     f"| {c['worse']} {c['worse_mean']:.1f} ± {c['worse_std']:.1f} | {c['difference']:+.1f} "
-                     f"± {c['standard_error']:.1f} | {c['verdict']} | {c.get('paper', '-') if claim else ''} |")
+                     f"| {c['worse']} {c['worse_mean']:.1f} ± {c['worse_std']:.1f} | {_interval(c)} "
+                     f"| {_number(c['p_holm'], '.3f')} | {_number(c['detectable'], '.1f')} | {c['verdict']} "
+                     f"| {c.get('paper', '-') if claim else ''} |")
     for table, summary in report["tables"].items():
         spec = plan.tables[table]
         lines += ["", f"## {spec.title or table}", "", table_markdown(summary, report["teacher"]), "",
@@ -265,6 +296,31 @@ def report_markdown(plan: ReproPlan, report: dict) -> str:
     lines += [f"| {p['table']} | {p['wall_time_s'] / 60:.1f} | {p['finished']} | `{p['command']}` |"
               for p in report["parts"]]
     return "\n".join(lines) + "\n"
+
+
+def _machine(machine: dict) -> str:
+    """'CPU, N cores, GPU, torch V' from `training.machine_info` (or the keys an older bingo wrote)."""
+    cpu = machine.get("cpu") or machine.get("processor", "unknown CPU")
+    gpu = machine.get("gpu") or machine.get("device") or "no GPU"
+    return f"{cpu}, {machine.get('cores') or machine.get('cpu_cores')} cores, {gpu}, torch {machine.get('torch')}"
+
+
+CLAIMS_RULE = ("Seeds are paired (every run of a seed starts from the same student weights): the difference is the "
+               "mean of the per-seed differences, with its 95% t interval; p is the paired t-test's, corrected by "
+               "Holm over every row below; a claim holds or is reversed at corrected p < 0.05, else it is "
+               "inconclusive. A claim with a margin m ('at least as good as') tests difference > -m. 'detectable': "
+               "the smallest true difference this number of seeds finds with 80% power.")
+
+
+def _interval(c: dict) -> str:
+    """'+1.2 [-0.3, +2.7]' (no interval under two seeds)."""
+    if c["low"] is None:
+        return f"{c['difference']:+.1f}"
+    return f"{c['difference']:+.1f} [{c['low']:+.1f}, {c['high']:+.1f}]"
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def table_markdown(summary: dict, reference: dict | None) -> str:
