@@ -309,3 +309,19 @@ def test_momentum_update_is_the_exponential_moving_average():
     for old, new, target in zip(before, follower.encoder.parameters(), source.parameters(), strict=True):
         assert torch.allclose(new, 0.9 * old + 0.1 * target, atol=1e-6)
     assert not any(p.requires_grad for p in follower.encoder.parameters())
+
+
+@pytest.mark.parametrize("group, groups", [(0, 1), (32, 1), (4, 4), (5, 3)])
+def test_shuffle_bn_computes_batchnorm_over_groups_of_the_shuffled_batch(group, groups):
+    from bingo.methods.queue import shuffled_forward
+
+    norm = nn.BatchNorm1d(3).train()
+    images = torch.randn(16, 3) * torch.arange(1, 17).unsqueeze(1)  # images with very different statistics
+    torch.manual_seed(0)
+    outputs = shuffled_forward(norm, images, group)
+    torch.manual_seed(0)
+    order = torch.randperm(16)
+    expected = torch.cat([norm(chunk) for chunk in images[order].chunk(groups)])[torch.argsort(order)]
+    torch.testing.assert_close(outputs, expected)  # each image normalised with its own group's statistics
+    if groups > 1:
+        assert not torch.allclose(outputs, norm(images), atol=1e-3)  # not the whole batch's

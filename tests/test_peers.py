@@ -96,7 +96,7 @@ def pair(student: int | Encoder = 0) -> dict:
 BUILDERS = {
     "moco": lambda: MoCo(student=tiny_encoder(0), optim=OPTIM, moco=MoCoConfig(queue_size=32)),
     "seed": lambda: Seed(**pair(), seed=SeedConfig(queue_size=32)),
-    "compress-1q": lambda: Compress(**pair(wide_student(64)), compress=CompressConfig(bank_size=32), banks=1),
+    "compress-1q": lambda: Compress(**pair(), compress=CompressConfig(bank_size=32), banks=1),
     "compress-2q": lambda: Compress(**pair(), compress=CompressConfig(bank_size=32), banks=2),
     "disco": lambda: DisCo(**pair(), moco=MoCoConfig(queue_size=32), disco=DiscoConfig()),
     "simreg": lambda: SimReg(**pair(), simreg=SimRegConfig(predictor_hidden=32)),
@@ -118,7 +118,7 @@ def batch_for(module: Method) -> tuple:
 CHANGED = {
     "moco": {"student", "key_encoder", "queue"},
     "seed": {"student", "queue"},
-    "compress-1q": {"student", "teacher_bank"},
+    "compress-1q": {"student", "to_teacher", "teacher_bank"},
     "compress-2q": {"student", "momentum_student", "teacher_bank", "student_bank"},
     "disco": {"student", "key_encoder", "queue"},
     "simreg": {"student", "predictor"},
@@ -159,8 +159,9 @@ def test_one_training_step_changes_only_what_the_method_trains(name, monkeypatch
     changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
     assert changed == CHANGED[name]  # never the teacher: frozen, BatchNorm statistics included
     trained_params = {n.split(".")[0] for n, p in module.named_parameters() if p.requires_grad}
-    assert trained_params == ({"student", "predictor"} if name == "simreg" else {"student"})
-    if name == "simreg":  # the unused projection head is not trained
+    own = {"simreg": {"predictor"}, "compress-1q": {"to_teacher"}}.get(name, set())
+    assert trained_params == {"student", *own}
+    if name in ("simreg", "compress-1q", "compress-2q"):  # on backbone features: the unused head is not trained
         assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("student.head."))
 
 
@@ -181,8 +182,6 @@ def test_bingo_with_momentum_keys_needs_no_teacher_and_enqueues_momentum_keys(mo
     (lambda: Seed(**pair(wide_student(8)), seed=SeedConfig(queue_size=32)), "student.embed_dim=16"),
     (lambda: DisCo(**pair(wide_student(8)), moco=MoCoConfig(queue_size=32), disco=DiscoConfig()),
      "student.embed_dim=16"),
-    (lambda: Compress(**pair(), compress=CompressConfig(bank_size=32), banks=1),
-     "backbone feature has 64; set student.embed_dim=64"),
     (lambda: Bingo(**pair(), bingo=BingoConfig(keys="nope")), "'teacher' or 'momentum'"),
 ])
 def test_mismatched_students_are_refused_with_the_fix(build, fix):
@@ -191,7 +190,7 @@ def test_mismatched_students_are_refused_with_the_fix(build, fix):
 
 
 @pytest.mark.parametrize("method,extra", [
-    ("seed", []), ("compress-1q", ["student.embed_dim=64"]), ("compress-2q", []), ("disco", []), ("simreg", []),
+    ("seed", []), ("compress-1q", []), ("compress-2q", []), ("disco", []), ("simreg", []),
     ("bingo", ["distill.bingo.keys=momentum"]),
 ])
 def test_every_method_distils_from_the_command_line(chain, tmp_path, capsys, bingo_logger_guard, method, extra):
@@ -244,3 +243,40 @@ def test_every_method_starts_from_the_same_student_for_a_seed(chain, monkeypatch
         with pytest.raises(Stop):
             distill_stage.run_distill(cfg, chain.root / "unused")
     assert all(torch.equal(starts["moco"][k], starts[m][k]) for m in ("seed", "bingo") for k in starts["moco"])
+
+
+def test_simreg_predictor_is_the_official_four_layers():
+    module = SimReg(**pair(), simreg=SimRegConfig())
+    layers = [m for m in module.predictor.modules() if isinstance(m, torch.nn.Linear | torch.nn.BatchNorm1d)]
+    f, t = module.student.feature_dim, module.teacher.feature_dim
+    shapes = [(m.in_features, m.out_features) if isinstance(m, torch.nn.Linear) else ("bn", m.num_features)
+              for m in layers]
+    assert shapes == [(f, 2 * f), ("bn", 2 * f), (2 * f, f), (f, 2 * f), ("bn", 2 * f), (2 * f, t)]
+    assert len(SimReg(**pair(), simreg=SimRegConfig(predictor_layers=2, predictor_hidden=32)).predictor) == 4
+    with pytest.raises(UserError, match="predictor_layers must be 4"):
+        SimReg(**pair(), simreg=SimRegConfig(predictor_layers=3))
+
+
+@pytest.mark.parametrize("banks", [1, 2])
+def test_compress_distils_backbone_features(banks, monkeypatch):
+    monkeypatch.setattr(Method, "log_terms", lambda self, terms, batch_size: None)  # self.log needs a Trainer
+    module = Compress(**pair(), compress=CompressConfig(bank_size=32), banks=banks)
+    module.train()
+    module.training_step(([torch.randn(B, 3, 16, 16)], torch.zeros(B), torch.arange(B)), 0)
+    bank = module.student_bank if banks == 2 else module.teacher_bank
+    width = module.student.feature_dim if banks == 2 else module.teacher.feature_dim
+    assert bank.keys.shape[1] == width  # 2q: the bare backbone's space; 1q: one Linear into the teacher's
+    assert (module.to_teacher is None) == (banks == 2)
+
+
+@pytest.mark.parametrize("method, weak", [(lambda c: SimReg(**pair(), simreg=SimRegConfig(weak_view=c)), "simreg"),
+                                          (lambda c: Compress(**pair(), compress=CompressConfig(weak_view=c),
+                                                              banks=2), "compress")])
+def test_compress_and_simreg_see_one_weak_view_by_default(method, weak):
+    from bingo.config import AugmentConfig
+
+    augment = AugmentConfig(jitter_prob=0.8, grayscale_prob=0.2, blur_prob=0.5, crop_min_scale=0.3)
+    seen = method(True).views.augment(augment)
+    assert (seen.jitter_prob, seen.grayscale_prob, seen.blur_prob) == (0.0, 0.0, 0.0)
+    assert (seen.crop_min_scale, seen.flip) == (0.3, True)  # crop and flip stay
+    assert method(False).views.augment(augment) == augment and method(True).views.count == 1

@@ -42,7 +42,7 @@ def test_inputs_define_it():
 def test_only_the_methods_own_section_defines_its_student(method):
     changes = ["distill.bingo.temperature=0.7", "distill.seed.student_temperature=0.7",
                "distill.compress.temperature=0.7", "distill.disco.weight=0.7", "distill.simreg.predictor_hidden=7",
-               "distill.moco.temperature=0.7", "distill.moco.shuffle_bn_splits=2"]
+               "distill.moco.temperature=0.7", "distill.moco.shuffle_bn_group=2"]
     for change in changes:
         key = change.split("=")[0]
         read = any(key == s or key.startswith(f"{s}.") for s in method_settings(method))

@@ -157,7 +157,8 @@ def test_peers_on_the_cache_never_run_the_teacher(cache, feature_cache, method, 
     path, chain = cache
     path = feature_cache if method in ("compress-2q", "simreg") else path
     monkeypatch.setattr(Method, "_run_teacher", lambda *a: pytest.fail("the teacher ran"))
-    code = main(["distill", *tiny_sets(f"distill.teacher_cache={path}", "trainer.limit_train_batches=2"),
+    strong = ("distill.compress.weak_view=false", "distill.simreg.weak_view=false")  # the cache's augmentation
+    code = main(["distill", *tiny_sets(f"distill.teacher_cache={path}", "trainer.limit_train_batches=2", *strong),
                  "--method", method, "--teacher", str(chain.teacher), "--out", str(tmp_path / method)])
     assert code == 0 and (tmp_path / method / "student.safetensors").exists()
 
@@ -166,7 +167,9 @@ def test_a_cache_of_the_wrong_layer_or_too_few_views_is_refused(cache, feature_c
                                                                 bingo_logger_guard):
     path, chain = cache
     for method, cache_path, message in (("simreg", path, "needs its features"),
-                                        ("seed", feature_cache, "needs its embedding")):
+                                        ("seed", feature_cache, "needs its embedding"),
+                                        ("simreg", feature_cache, "simreg sees weak views (crop and flip only): "
+                                                                  "build the cache with --set augment.jitter_prob=0")):
         code = main(["distill", *tiny_sets(f"distill.teacher_cache={cache_path}"), "--method", method,
                      "--teacher", str(chain.teacher), "--out", str(tmp_path / method)])
         assert code == 2 and message in capsys.readouterr().err and not (tmp_path / method).exists()

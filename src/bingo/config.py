@@ -99,7 +99,8 @@ class MoCoConfig:
     queue_size: int = 65536
     temperature: float = 0.2
     momentum: float = 0.999  # key encoder EMA
-    shuffle_bn_splits: int = 1  # key batch shuffled and cut into this many BN groups per process
+    shuffle_bn_group: int = 32  # shuffle-BN: the key batch is shuffled and its BatchNorm computed over groups of this
+    # many images (MoCo's 32 per GPU; on one device the groups emulate the GPUs); 0: one group per process
 
 
 @dataclass
@@ -134,6 +135,8 @@ class CompressConfig:
     bank_size: int = 128000
     temperature: float = 0.04
     momentum: float = 0.999  # the momentum student that fills the student bank (compress-2q)
+    weak_view: bool = True  # one view, crop and flip only, shared with the teacher (the official code); false:
+    # MoCo-v2's augmentation
 
 
 @dataclass
@@ -150,7 +153,11 @@ class DiscoConfig:
 class SimRegConfig:
     """SimReg: the student backbone and an MLP predictor regress the teacher's backbone features."""
 
-    predictor_hidden: int = 2048
+    predictor_layers: int = 4  # 4: the official F-2F-F-2F-T predictor (BN + ReLU after the 1st and 3rd layer,
+    # F the student's feature width, T the teacher's); 2: F-hidden-T with BN + ReLU
+    predictor_hidden: int = 2048  # the hidden width of the 2-layer predictor
+    weak_view: bool = True  # one view, crop and flip only, shared with the teacher (the official recipe); false:
+    # MoCo-v2's augmentation
 
 
 @dataclass

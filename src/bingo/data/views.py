@@ -4,6 +4,7 @@ view plans a method owns (what one training sample is)."""
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,6 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from bingo.bags.files import Bags
+from bingo.config import AugmentConfig
 from bingo.data.datasets import ImageDataset
 from bingo.data.keys import TeacherOutputs
 from bingo.data.order import batch_generator
@@ -126,11 +128,18 @@ class ImageBatches(Dataset):
 class ViewPlan(abc.ABC):
     """What a method's training step sees of its images: the sample each index gives and its augmented views.
 
-    `count` views per sample; `needs_bags`: a sample is an anchor with a member of its bag.
+    `count` views per sample; `needs_bags`: a sample is an anchor with a member of its bag; `weak`:
+    crop and flip only (no colour jitter, grayscale or blur), as CompRess and SimReg augment.
     """
 
     count: int
     needs_bags: bool
+    weak: bool = False
+
+    def augment(self, augment: AugmentConfig) -> AugmentConfig:
+        """The augmentation these views are drawn with: `augment`, or its crop and flip alone when weak."""
+        return dataclasses.replace(augment, jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0) if self.weak \
+            else augment
 
     @abc.abstractmethod
     def per_image(self, data: ImageDataset, transform: Callable, bags: Bags | None) -> Dataset:
@@ -148,6 +157,7 @@ class ImageViews(ViewPlan):
     """Each image as `count` independent augmented views (MoCo-v2 and DisCo: 2; SEED, CompRess, SimReg: 1)."""
 
     count: int
+    weak: bool = False
     needs_bags = False
 
     def per_image(self, data: ImageDataset, transform: Callable, bags: Bags | None = None) -> Dataset:

@@ -38,12 +38,12 @@ class Method(L.LightningModule):
         return self.views.count
 
     def __init__(self, *, student: Encoder, teacher: Encoder | None = None, optim: OptimConfig,
-                 teacher_bn: str = "eval", shuffle_bn_splits: int = 1, run_info: dict | None = None):
+                 teacher_bn: str = "eval", shuffle_bn_group: int = 0, run_info: dict | None = None):
         super().__init__()
         if teacher_bn not in TEACHER_BN_MODES:
             raise UserError(f"teacher_bn must be one of {TEACHER_BN_MODES}, got '{teacher_bn}'")
         self.student, self.optim, self.teacher = student, optim, teacher
-        self.teacher_bn, self.shuffle_bn_splits = teacher_bn, shuffle_bn_splits
+        self.teacher_bn, self.shuffle_bn_group = teacher_bn, shuffle_bn_group
         self.run_info = run_info or {}
         self.augment: BatchAugment | None = None  # set: batches of uint8 images, augmented on the device
         self.memory_format = torch.contiguous_format  # of the images given to the networks (channels_last: NHWC)
@@ -118,7 +118,7 @@ class Method(L.LightningModule):
             if self.teacher_bn == "eval":
                 outputs = network(torch.cat(views)).chunk(len(views))
             else:
-                outputs = [shuffled_forward(network, view, self.shuffle_bn_splits) for view in views]
+                outputs = [shuffled_forward(network, view, self.shuffle_bn_group) for view in views]
         return [output.clone() for output in outputs]  # normal tensors: the loss keeps them for its backward
 
     def configure_optimizers(self) -> dict:

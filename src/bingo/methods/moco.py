@@ -24,9 +24,9 @@ class MoCo(Method):
     def __init__(self, *, student: Encoder, teacher: Encoder | None = None, optim: OptimConfig, moco: MoCoConfig,
                  teacher_bn: str = "eval", run_info: dict | None = None):
         super().__init__(student=student, teacher=teacher, optim=optim, teacher_bn=teacher_bn,
-                         shuffle_bn_splits=moco.shuffle_bn_splits, run_info=run_info)
+                         shuffle_bn_group=moco.shuffle_bn_group, run_info=run_info)
         self.moco = moco
-        self.key_encoder = MomentumEncoder(student, moco.momentum, moco.shuffle_bn_splits)
+        self.key_encoder = MomentumEncoder(student, moco.momentum, moco.shuffle_bn_group)
         self.queue = KeyQueue(moco.queue_size, student.embed_dim)
 
     def moco_terms(self, query_images: torch.Tensor, key_images: torch.Tensor) -> tuple[dict, torch.Tensor]:

@@ -15,11 +15,11 @@ from bingo.models.encoder import Encoder
 class MomentumEncoder(nn.Module):
     """Follows `source` by exponential moving average; encodes keys with shuffle-BN, without gradient."""
 
-    def __init__(self, source: Encoder, momentum: float, shuffle_bn_splits: int = 1):
+    def __init__(self, source: Encoder, momentum: float, shuffle_bn_group: int = 0):
         super().__init__()
         self.encoder = copy.deepcopy(source)
         freeze(self.encoder, batch_statistics=True)
-        self.momentum, self.shuffle_bn_splits = momentum, shuffle_bn_splits
+        self.momentum, self.shuffle_bn_group = momentum, shuffle_bn_group
 
     @torch.no_grad()
     def update(self, source: Encoder) -> None:
@@ -28,6 +28,11 @@ class MomentumEncoder(nn.Module):
         torch._foreach_lerp_(mine, theirs, 1 - self.momentum)  # mine + (1 - m)·(theirs - mine)
 
     @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features (B, C, H, W) -> (B, F), BatchNorm over a shuffled batch (CompRess-2q's keys)."""
+        return shuffled_forward(self.encoder.backbone, images, self.shuffle_bn_group)
+
+    @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised embeddings (B, C, H, W) -> (B, D), BatchNorm over a shuffled batch."""
-        return shuffled_forward(self.encoder, images, self.shuffle_bn_splits)
+        return shuffled_forward(self.encoder, images, self.shuffle_bn_group)

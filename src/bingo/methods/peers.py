@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from bingo.config import CompressConfig, DiscoConfig, MoCoConfig, OptimConfig, SeedConfig, SimRegConfig
+from bingo.data.views import ImageViews
 from bingo.errors import UserError
 from bingo.methods.base import Method, alignment, require_same_dim
 from bingo.methods.losses import compress_loss, cosine_regression, seed_loss, squared_error
@@ -27,9 +29,9 @@ class Seed(Method):
     uses_teacher_embeddings = True
 
     def __init__(self, *, student: Encoder, teacher: Encoder, optim: OptimConfig, seed: SeedConfig,
-                 teacher_bn: str = "eval", shuffle_bn_splits: int = 1, run_info: dict | None = None):
+                 teacher_bn: str = "eval", shuffle_bn_group: int = 0, run_info: dict | None = None):
         super().__init__(student=student, teacher=teacher, optim=optim, teacher_bn=teacher_bn,
-                         shuffle_bn_splits=shuffle_bn_splits, run_info=run_info)
+                         shuffle_bn_group=shuffle_bn_group, run_info=run_info)
         dim = teacher.embed_dim
         require_same_dim(student.embed_dim, dim, "embedding", "student.embed_dim")
         self.seed_cfg = seed
@@ -50,42 +52,43 @@ class Seed(Method):
 class Compress(Method):
     """CompRess: KL between the teacher's and the student's similarities to memory banks of earlier images.
 
-    `banks=2` (CompRess-2q): the student is compared with a bank of momentum-student embeddings;
-    `banks=1` (CompRess-1q): with the teacher's bank, so its embedding must match the teacher's features.
+    As the official code (github UMBCvision/CompRess) trains it, on backbone features: CompRess-2q
+    (`banks=2`) compares the bare pooled backbone with a bank of a momentum copy's features;
+    CompRess-1q (`banks=1`) maps the backbone through one Linear layer into the teacher's feature space
+    and compares it with the teacher's bank. The student's projection head is not used (nor trained).
     """
 
     cache_layer = "features"
 
     def __init__(self, *, student: Encoder, teacher: Encoder, optim: OptimConfig, compress: CompressConfig,
-                 banks: int, teacher_bn: str = "eval", shuffle_bn_splits: int = 1, run_info: dict | None = None):
+                 banks: int, teacher_bn: str = "eval", shuffle_bn_group: int = 0, run_info: dict | None = None):
         super().__init__(student=student, teacher=teacher, optim=optim, teacher_bn=teacher_bn,
-                         shuffle_bn_splits=shuffle_bn_splits, run_info=run_info)
-        student_dim = student.embed_dim
-        if banks == 1:
-            require_same_dim(student_dim, teacher.feature_dim, "backbone feature", "student.embed_dim")
+                         shuffle_bn_group=shuffle_bn_group, run_info=run_info)
         self.compress = compress
+        self.views = ImageViews(1, weak=compress.weak_view)
+        if student.head is not None:
+            student.head.requires_grad_(False)
+        self.to_teacher = nn.Linear(student.feature_dim, teacher.feature_dim) if banks == 1 else None  # 1q
         self.teacher_bank = KeyQueue(compress.bank_size, teacher.feature_dim)
-        self.momentum_student = MomentumEncoder(student, compress.momentum, shuffle_bn_splits) if banks == 2 else None
-        self.student_bank = KeyQueue(compress.bank_size, student_dim) if banks == 2 else None
+        self.momentum_student = MomentumEncoder(student, compress.momentum, shuffle_bn_group) if banks == 2 else None
+        self.student_bank = KeyQueue(compress.bank_size, student.feature_dim) if banks == 2 else None
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
         """One CompRess step: each network against its bank, before this batch is added."""
         (images,), _, _, *cached = batch
-        student = self.student(images)  # (B, Ds)
-        teacher = F.normalize(self.teacher_features(images, cached=cached)[0], dim=1)  # (B, Dt)
+        features = self.student.features(images)  # (B, Fs)
+        teacher = F.normalize(self.teacher_features(images, cached=cached)[0], dim=1)  # (B, Ft)
         teacher_bank = self.teacher_bank.snapshot()
-        if self.momentum_student is None:
-            student_bank = teacher_bank
-        else:
+        if self.to_teacher is not None:  # 1q: the teacher's bank for both
+            student, student_bank = F.normalize(self.to_teacher(features), dim=1), teacher_bank  # (B, Ft)
+        else:  # 2q: the momentum student's bank
+            student, student_bank = F.normalize(features, dim=1), self.student_bank.snapshot()  # (B, Fs)
             self.momentum_student.update(self.student)
-            student_keys = self.momentum_student(images)  # (B, Ds)
-            student_bank = self.student_bank.snapshot()
+            self.student_bank.push(F.normalize(self.momentum_student.features(images), dim=1))
         loss = compress_loss(student, teacher, student_bank, teacher_bank, self.compress.temperature).mean()
         self.teacher_bank.push(teacher)
-        if self.momentum_student is not None:
-            self.student_bank.push(student_keys)
         terms = {"loss": loss}
-        if student.shape[1] == teacher.shape[1]:  # CompRess-2q's student may live in a space of another size
+        if self.to_teacher is not None:  # 1q maps the student into the teacher's space; 2q's spaces are unrelated
             terms["alignment"] = alignment(student, teacher)
         self.log_terms(terms, len(images))
         return loss
@@ -122,18 +125,21 @@ class DisCo(MoCo):
 class SimReg(Method):
     """SimReg: an MLP predictor on the student backbone regresses the teacher's backbone features (2 - 2·cos).
 
-    The student's own projection head is not used (and not trained); the predictor is dropped after training.
+    As the official recipe (github UCDvision/simreg, `--n_mlp_layers 4 --single_aug --weak_weak`): a
+    4-layer predictor and one weakly augmented view shared by teacher and student. The student's own
+    projection head is not used (nor trained); the predictor is dropped after training.
     """
 
     cache_layer = "features"
 
     def __init__(self, *, student: Encoder, teacher: Encoder, optim: OptimConfig, simreg: SimRegConfig,
-                 teacher_bn: str = "eval", shuffle_bn_splits: int = 1, run_info: dict | None = None):
+                 teacher_bn: str = "eval", shuffle_bn_group: int = 0, run_info: dict | None = None):
         super().__init__(student=student, teacher=teacher, optim=optim, teacher_bn=teacher_bn,
-                         shuffle_bn_splits=shuffle_bn_splits, run_info=run_info)
-        self.predictor = projection_head(student.feature_dim, simreg.predictor_hidden, teacher.feature_dim,
-                                         batch_norm=True)
-        student.head.requires_grad_(False)
+                         shuffle_bn_group=shuffle_bn_group, run_info=run_info)
+        self.views = ImageViews(1, weak=simreg.weak_view)
+        self.predictor = simreg_predictor(student.feature_dim, teacher.feature_dim, simreg)
+        if student.head is not None:
+            student.head.requires_grad_(False)
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
         """One SimReg step: student and teacher see the same view."""
@@ -144,3 +150,14 @@ class SimReg(Method):
         loss = per_image.mean()
         self.log_terms({"loss": loss, "alignment": 1 - per_image.detach().mean() / 2}, len(images))
         return loss
+
+
+def simreg_predictor(student_dim: int, teacher_dim: int, simreg: SimRegConfig) -> nn.Sequential:
+    """SimReg's predictor: 4 layers F-2F-F-2F-T, BatchNorm and ReLU after the 1st and 3rd (the official one), or
+    2 layers F-hidden-T."""
+    if simreg.predictor_layers == 4:
+        return nn.Sequential(projection_head(student_dim, 2 * student_dim, student_dim, batch_norm=True),
+                             projection_head(student_dim, 2 * student_dim, teacher_dim, batch_norm=True))
+    if simreg.predictor_layers == 2:
+        return projection_head(student_dim, simreg.predictor_hidden, teacher_dim, batch_norm=True)
+    raise UserError(f"distill.simreg.predictor_layers must be 4 (official) or 2, not {simreg.predictor_layers}")

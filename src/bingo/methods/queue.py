@@ -51,11 +51,13 @@ class KeyQueue(nn.Module):
 
 
 @torch.no_grad()
-def shuffled_forward(encoder: nn.Module, images: torch.Tensor, splits: int = 1) -> torch.Tensor:
+def shuffled_forward(encoder: nn.Module, images: torch.Tensor, group: int = 0) -> torch.Tensor:
     """`encoder(images)` with MoCo's shuffle-BN: BatchNorm sees a random sub-batch, never the query's.
 
     The images of all ranks are gathered, permuted by one permutation shared from rank 0, and each
-    rank encodes its slice in `splits` groups; the outputs come back in the original order.
+    rank encodes its slice in groups of `group` images (0: one group), each with its own BatchNorm
+    statistics, as MoCo's GPUs (and its single-GPU SplitBatchNorm) do; the outputs come back in the
+    original order.
     """
     size, rank = world()
     all_images = gather_all(images)  # (world * B, C, H, W)
@@ -63,6 +65,7 @@ def shuffled_forward(encoder: nn.Module, images: torch.Tensor, splits: int = 1) 
     if size > 1:
         dist.broadcast(order, src=0)
     mine = all_images[order.view(size, -1)[rank]]  # (B, C, H, W)
+    splits = max(1, len(mine) // group) if group > 0 else 1
     outputs = torch.cat([encoder(chunk) for chunk in mine.chunk(splits)])
     restore = torch.argsort(order).view(size, -1)[rank]
     return gather_all(outputs)[restore]

@@ -48,11 +48,12 @@ def training_data(cfg: Config, data: ImageDataset, module: Method, bags: Bags | 
                         "one by one: decode it once with --set data.decode_cache=DIR, or use data.augment_on=workers")
     if where == "workers" and cache is not None:
         raise UserError("a teacher cache (distill.teacher_cache) needs data.augment_on=device or auto")
+    augment = module.views.augment(cfg.augment)
     if data.in_memory and where != "workers":
-        module.use_device_augment(BatchAugment(cfg.data, cfg.augment), cfg.trainer.channels_last)
+        module.use_device_augment(BatchAugment(cfg.data, augment), cfg.trainer.channels_last)
         return module.views.batches(data, bags, cache, module.cached_views)
     module.use_memory_format(cfg.trainer.channels_last)
-    return module.views.per_image(data, moco_v2_transform(cfg.data, cfg.augment), bags)
+    return module.views.per_image(data, moco_v2_transform(cfg.data, augment), bags)
 
 
 def load_teacher(cfg: Config) -> Encoder:

@@ -86,8 +86,17 @@ def _teacher_cache(cfg: Config, data: ImageDataset, module: Method) -> TeacherOu
         raise UserError("a teacher cache (--teacher-cache) serves the methods that distil a teacher whose BatchNorm "
                         "runs in eval mode (distill.teacher_bn=eval); moco and bingo with momentum keys have none")
     teacher = file_digest(Path(cfg.teacher.checkpoint)) if cfg.teacher.checkpoint else None
-    cache = load_teacher_outputs(Path(d.teacher_cache), data.identity, augment_identity(cfg.data, cfg.augment),
-                                 teacher, module.cache_layer, module.cached_views)
+    augment = augment_identity(cfg.data, module.views.augment(cfg.augment))  # the views the student sees
+    try:
+        cache = load_teacher_outputs(Path(d.teacher_cache), data.identity, augment, teacher, module.cache_layer,
+                                     module.cached_views)
+    except UserError as err:
+        if not module.views.weak or "another augmentation" not in str(err):
+            raise
+        section = d.method.split("-")[0]
+        raise UserError(f"{err}; {d.method} sees weak views (crop and flip only): build the cache with --set "
+                        f"augment.jitter_prob=0 --set augment.grayscale_prob=0 --set augment.blur_prob=0, or set "
+                        f"distill.{section}.weak_view=false") from None
     if module.teacher is None:  # BINGO without a teacher file: the cache alone says what the keys are
         require_same_dim(cfg.student.embed_dim, cache.dim, "cached keys", "student.embed_dim")
     return cache
