@@ -50,6 +50,10 @@ def test_tables_share_runs_and_resume_in_parts(tmp_path, capsys, bingo_logger_gu
         ("bingo beats moco", "linear top-1"), ("bingo beats moco", "kNN@10 top-1"),
         ("the teacher beats bingo", "linear top-1"), ("the teacher beats bingo", "kNN@10 top-1")]
     assert report["teacher"]["linear top-1"] == pytest.approx(report["claims"][2]["better_mean"], abs=0.01)
+    assert list(report["references"]) == ["teacher", "raw pixels", "random student"]
+    assert report["references"]["teacher"] == report["teacher"]
+    main_table = (out / "results.md").read_text().split("## Main")[1]
+    assert all(f"| {name} (reference) |" in main_table for name in report["references"])
     p_values = [claim["p"] for claim in report["claims"]]
     for claim in report["claims"]:  # paired over the two seeds, Holm-corrected over the four rows
         difference = claim["difference"]

@@ -161,7 +161,7 @@ def compare_table(summary: dict) -> str:
 
 
 def bar_chart(summary: dict, path: Path) -> None:
-    """One group of bars per top-1 accuracy, one bar per run, error bars of one standard deviation."""
+    """One group of bars per top-1 accuracy, one bar per run, from zero, error bars of one standard deviation."""
     plt = pyplot()
     runs = list(summary["runs"])
     metrics = [k for k in summary["runs"][runs[0]]["mean"] if "top-1" in k]
@@ -173,8 +173,7 @@ def bar_chart(summary: dict, path: Path) -> None:
                  yerr=[run["std"].get(k, 0) for k in metrics], capsize=3, label=name)
     axis.set_xticks(np.arange(len(metrics)) + width * (len(runs) - 1) / 2, metrics)
     axis.set_ylabel("accuracy (%)")
-    low = min(summary["runs"][n]["mean"].get(k, 100) for n in runs for k in metrics)
-    axis.set_ylim(max(0, low - 10), None)
-    axis.legend(fontsize=8, ncols=min(4, len(runs)))
+    axis.set_ylim(0, 100)  # bars from zero
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)  # outside the data
     axis.set_title(f"mean ± std over {len(summary['seeds'])} seed(s)", fontsize=9)
     save_figure(figure, path)

@@ -4,7 +4,8 @@ One teacher (pretrained by bingo unless `--teacher` gives one), every bag file t
 pool of runs (`repro.runs`: a method, its overrides, its bags) shared by the tables (`repro.tables`):
 each run is trained and evaluated once per seed, whichever tables show it. In OUT:
 
-    teacher/               the MoCo-v2 teacher; teacher/eval/PROTOCOLS/ its accuracies (the reference row)
+    teacher/               the MoCo-v2 teacher; teacher/eval/PROTOCOLS/ its accuracies (a reference row)
+    references/NAME/       the other references: raw pixels and the student with random weights
     bags/NAME/             each bag file, with its report
     runs/NAME/seed-S/      each run, evaluated into eval/PROTOCOLS/
     tables/TABLE/          each table: results.json, results.md, accuracy.png, training curves
@@ -38,6 +39,7 @@ from bingo.models.checkpoints import load_encoder
 from bingo.plots import pyplot, save_figure
 from bingo.report import flat_metrics
 from bingo.stages.bags import run_bags
+from bingo.stages.common import random_encoder, slug
 from bingo.stages.evaluate import evaluate_once
 from bingo.stages.pretrain import run_pretrain
 from bingo.training import file_digest, is_rank_zero, machine_info, prepare_run_folder, write_results
@@ -64,19 +66,17 @@ def run_repro(cfg: Config, out: Path, tables: list[str] | None = None, resume: b
     if report_only:
         if not (out / "config.yaml").exists():
             raise UserError(f"{out} holds no 'bingo repro' run to report on")
-        evaluation = out / "teacher" / "eval" / eval_folder(plan.teacher_protocols) / "results.json"
-        return write_report(cfg, plan, out,
-                            _reference(json.loads(evaluation.read_text())) if evaluation.exists() else None)
+        return write_report(cfg, plan, out, evaluated_references(out, plan))
     prepare_run_folder(out, cfg, resume)
     cfg = copy.deepcopy(cfg)
     cfg.teacher.checkpoint = str(teacher_file(cfg, out))
-    reference = teacher_row(cfg, plan, out)
+    references = reference_rows(cfg, plan, out)
     for table in tables:
         run_table(cfg, plan, out, plan.tables[table])
         if is_rank_zero():
             log_part(out, command, table, time.perf_counter() - started)
             started = time.perf_counter()
-    return write_report(cfg, plan, out, reference) if is_rank_zero() else {}
+    return write_report(cfg, plan, out, references) if is_rank_zero() else {}
 
 
 def teacher_file(cfg: Config, out: Path) -> Path:
@@ -88,20 +88,38 @@ def teacher_file(cfg: Config, out: Path) -> Path:
     return run_pretrain(cfg, out / "teacher", resume=True)
 
 
-def teacher_row(cfg: Config, plan: ReproPlan, out: Path) -> dict | None:
-    """The teacher's own accuracies (evaluated once, reused), the reference row of the tables."""
+REFERENCES = ("teacher", "raw pixels", "random student")  # the rows every table is read against
+
+
+def reference_folders(out: Path, plan: ReproPlan) -> dict[str, Path]:
+    """Where each reference's evaluation lies (the teacher's beside it, the others in OUT/references)."""
+    protocols = eval_folder(plan.teacher_protocols)
+    return {"teacher": out / "teacher" / "eval" / protocols,
+            **{name: out / "references" / slug(name) / protocols for name in REFERENCES[1:]}}
+
+
+def reference_rows(cfg: Config, plan: ReproPlan, out: Path) -> dict[str, dict] | None:
+    """The accuracies of the references, each evaluated once (reused): the teacher, raw pixels, and the student
+    with random weights (BatchNorm at its initialisation), as `plan.teacher_protocols` measure them."""
     if not is_rank_zero():
         return None
-    protocols = plan.teacher_protocols
-    folder = out / "teacher" / "eval" / eval_folder(protocols)
     teacher = cfg.teacher.checkpoint
-    return _reference(evaluate_once(cfg, folder, "teacher", protocols, file_digest(Path(teacher)),
-                                    lambda: load_encoder(teacher, cfg.teacher, cfg.data), section="teacher"))
+    models = {"teacher": (file_digest(Path(teacher)), "teacher", lambda: load_encoder(teacher, cfg.teacher, cfg.data)),
+              "raw pixels": ("pixels", "student", lambda: None),
+              "random student": ("random-init", "student", lambda: random_encoder(cfg, cfg.student, calibrated=False))}
+    folders = reference_folders(out, plan)
+    return {name: _reference(evaluate_once(cfg, folders[name], name, plan.teacher_protocols, model, build, section))
+            for name, (model, section, build) in models.items()}
+
+
+def evaluated_references(out: Path, plan: ReproPlan) -> dict[str, dict]:
+    """The references OUT holds evaluations of (for --report)."""
+    return {name: _reference(json.loads((folder / "results.json").read_text()))
+            for name, folder in reference_folders(out, plan).items() if (folder / "results.json").exists()}
 
 
 def _reference(results: dict) -> dict:
-    """The teacher's accuracies from its evaluation's results."""
-
+    """A reference's accuracies from its evaluation's results."""
     (row,) = results["rows"].values()
     return flat_metrics(row)
 
@@ -137,7 +155,7 @@ def run_table(cfg: Config, plan: ReproPlan, out: Path, table: TableSpec) -> dict
     return summarise(configs, per_run, cfg.compare.seeds, protocols, out / "runs", out / "tables" / table.name)
 
 
-def judge(plan: ReproPlan, summaries: dict[str, dict], reference: dict | None) -> list[dict]:
+def judge(plan: ReproPlan, summaries: dict[str, dict], references: dict[str, dict]) -> list[dict]:
     """Every claim whose table is done, on each of its metrics: both sides' mean ± std, the paired difference with
     its 95% interval, the p-value Holm-corrected over all of them, the detectable effect, the verdict.
 
@@ -149,7 +167,8 @@ def judge(plan: ReproPlan, summaries: dict[str, dict], reference: dict | None) -
         if summary is None:
             continue
         for metric in [claim.metric] if claim.metric else plan.metrics:
-            sides = {side: _values(summary, getattr(claim, side), metric, reference) for side in ("better", "worse")}
+            sides = {side: _values(summary, getattr(claim, side), metric, references.get("teacher"))
+                     for side in ("better", "worse")}
             if not sides["better"] or not sides["worse"]:
                 continue
             for side, other in (("better", "worse"), ("worse", "better")):  # the teacher's value: exact, every seed
@@ -193,20 +212,23 @@ def log_part(out: Path, command: str, table: str, seconds: float) -> None:
 
 
 def compute_seconds(out: Path) -> float:
-    """The wall time of every piece OUT holds: teacher, bags, trainings and evaluations (reused ones once)."""
+    """The wall time of every piece OUT holds: teacher, references, bags, trainings and evaluations (reused ones
+    once)."""
     pieces = [out / "teacher", *(out / "bags").glob("*"), *(out / "runs").glob("*/seed-*")]
     files = [f for piece in pieces for f in [piece / "results.json", *piece.glob("eval/*/results.json")]]
+    files += list((out / "references").glob("*/*/results.json"))
     return round(sum(json.loads(f.read_text()).get("wall_time_s", 0.0) for f in files if f.exists()), 1)
 
 
-def write_report(cfg: Config, plan: ReproPlan, out: Path, reference: dict | None) -> dict:
+def write_report(cfg: Config, plan: ReproPlan, out: Path, references: dict[str, dict] | None) -> dict:
     """OUT/results.json and OUT/results.md: every table done so far, each claim's verdict, machine, wall times."""
     summaries = {t: json.loads((out / "tables" / t / "results.json").read_text()) for t in plan.tables
                  if (out / "tables" / t / "results.json").exists()}
     parts = json.loads((out / "parts.json").read_text()) if (out / "parts.json").exists() else []
-    report = {"machine": machine_info(), "seeds": list(cfg.compare.seeds), "teacher": reference,
-              "tables": summaries, "parts": parts, "wall_time_s": round(sum(p["wall_time_s"] for p in parts), 1),
-              "compute_s": compute_seconds(out)}
+    references = references or {}
+    report = {"machine": machine_info(), "seeds": list(cfg.compare.seeds), "teacher": references.get("teacher"),
+              "references": references, "tables": summaries, "parts": parts,
+              "wall_time_s": round(sum(p["wall_time_s"] for p in parts), 1), "compute_s": compute_seconds(out)}
     return render_report(plan, report, out)
 
 
@@ -215,12 +237,13 @@ REPORT_KEYS = ("machine", "seeds", "teacher", "tables", "parts", "wall_time_s", 
 
 def render_report(plan: ReproPlan, report: dict, out: Path) -> dict:
     """OUT/results.json, results.md and results/TABLE.png from a report's data, every claim judged by the plan."""
-    report = {key: report[key] for key in REPORT_KEYS} | {"metrics": list(plan.metrics),
-                                                         "claims": judge(plan, report["tables"], report["teacher"])}
+    references = report.get("references") or ({"teacher": report["teacher"]} if report["teacher"] else {})
+    report = {key: report[key] for key in REPORT_KEYS} | {"references": references, "metrics": list(plan.metrics),
+                                                         "claims": judge(plan, report["tables"], references)}
     out.mkdir(parents=True, exist_ok=True)
     write_results(out, report)
     for table, summary in report["tables"].items():
-        table_chart(summary, report["teacher"], out / "results" / f"{table}.png")
+        table_chart(summary, references, out / "results" / f"{table}.png")
     (out / "results.md").write_text(report_markdown(plan, report))
     return report
 
@@ -238,9 +261,9 @@ def read_report(path: Path) -> dict:
     return report
 
 
-def table_chart(summary: dict, reference: dict | None, path: Path) -> None:
-    """Left: each run's accuracies (mean ± std over seeds; teacher dashed). Right: accuracy against training time."""
-
+def table_chart(summary: dict, references: dict[str, dict], path: Path) -> None:
+    """Left: each run's accuracies (mean ± std over seeds) from zero, the references as lines (one style each, the
+    metric's colour). Right: accuracy against training time. Legends outside the data."""
     plt = pyplot()
     runs = summary["runs"]
     metrics = [m for m in SHOWN if "top-1" in m and all(m in run["mean"] for run in runs.values())]
@@ -250,14 +273,14 @@ def table_chart(summary: dict, reference: dict | None, path: Path) -> None:
         x = np.arange(len(runs)) + i * width
         bars.bar(x, [run["mean"][metric] for run in runs.values()], width,
                  yerr=[run["std"][metric] for run in runs.values()], capsize=3, label=metric, color=f"C{i}")
-        if reference and metric in reference:
-            bars.axhline(reference[metric], color=f"C{i}", linestyle="--", linewidth=1, label=f"teacher {metric}")
+        for (name, row), style in zip(references.items(), ("--", ":", "-."), strict=False):
+            if metric in row:
+                bars.axhline(row[metric], color=f"C{i}", linestyle=style, linewidth=1, label=f"{name}, {metric}")
     bars.set_xticks(np.arange(len(runs)) + width * (len(metrics) - 1) / 2, list(runs), rotation=30, ha="right",
                     fontsize=8)
-    low = min(run["mean"][m] - run["std"][m] for run in runs.values() for m in metrics)
-    bars.set_ylim(max(0, low - 5), None)
+    bars.set_ylim(0, 100)
     bars.set_ylabel("accuracy (%)")
-    bars.legend(fontsize=7)
+    bars.legend(fontsize=6, loc="upper left", bbox_to_anchor=(0, -0.35), ncols=3, frameon=False)
     metric, clock = metrics[-1], "train wall time (s)"
     for i, (name, run) in enumerate(runs.items()):
         if clock in run["mean"]:
@@ -265,7 +288,7 @@ def table_chart(summary: dict, reference: dict | None, path: Path) -> None:
                            xerr=run["std"][clock] / 60, fmt="o", capsize=3, color=f"C{i % 10}", label=name)
     times.set_xlabel("training time per run (min)")
     times.set_ylabel(metric + " (%)")
-    times.legend(fontsize=7)
+    times.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     figure.suptitle(f"mean ± std over {len(summary['seeds'])} seeds", fontsize=9)
     save_figure(figure, path)
 
@@ -288,7 +311,7 @@ def report_markdown(plan: ReproPlan, report: dict) -> str:
                      f"| {c.get('paper', '-') if claim else ''} |")
     for table, summary in report["tables"].items():
         spec = plan.tables[table]
-        lines += ["", f"## {spec.title or table}", "", table_markdown(summary, report["teacher"]), "",
+        lines += ["", f"## {spec.title or table}", "", table_markdown(summary, report["references"]), "",
                   f"![{table}](results/{table}.png)"]
         if spec.note:
             lines += ["", spec.note]
@@ -323,13 +346,15 @@ def _number(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def table_markdown(summary: dict, reference: dict | None) -> str:
-    """One table: mean ± std over seeds of the shown accuracies and training time; the teacher's row below."""
+def table_markdown(summary: dict, references: dict[str, dict]) -> str:
+    """One table: mean ± std over seeds of the shown accuracies and training time; the references' rows below."""
     columns = [k for k in SHOWN if any(k in run["mean"] for run in summary["runs"].values())]
     text = compare_table({**summary, "runs": {name: {**run, "mean": {k: run["mean"][k] for k in columns
                                                                       if k in run["mean"]}}
                                               for name, run in summary["runs"].items()}})
-    if reference and any(k in reference for k in columns):
-        text += "\n| teacher (reference) | moco | 1 | " + " | ".join(
-            f"{reference[k]:.1f}" if k in reference else "-" for k in columns) + " |"
+    methods = {"teacher": "moco", "raw pixels": "-", "random student": "-"}
+    for name, row in references.items():
+        if any(k in row for k in columns):
+            text += f"\n| {name} (reference) | {methods.get(name, '-')} | 1 | " + " | ".join(
+                f"{row[k]:.1f}" if k in row else "-" for k in columns) + " |"
     return text
