@@ -403,6 +403,18 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def flat_settings(cfg: Config) -> dict[str, Any]:
+    """Dotted key -> value of every setting of `cfg`, as read back from JSON (lists, not tuples)."""
+    tree = json.loads(json.dumps(to_dict(cfg)))
+    flat = {}
+    for dotted in _leaf_types():
+        node = tree
+        for part in dotted.split("."):
+            node = node[part]
+        flat[dotted] = node
+    return flat
+
+
 def from_dict(tree: dict) -> Config:
     """Rebuild a Config from nested dicts (the inverse of to_dict)."""
     return _build(Config, tree)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bingo.config import Config, save_config, to_dict
+from bingo.config import Config, flat_settings, save_config
 from bingo.errors import UserError
 from bingo.models.checkpoints import atomic_write
 from bingo.training import is_rank_zero, newest_checkpoint
@@ -47,21 +47,9 @@ class Artifact:
 
 def defining_settings(cfg: Config, sections: tuple[str, ...], inputs: dict[str, Any] | None = None) -> dict[str, Any]:
     """The settings under `sections` (dotted prefixes) but those in HOW_NOT_WHAT, with the inputs' identities."""
-    flat = _flatten(json.loads(json.dumps(to_dict(cfg))))  # as read back from JSON: lists, not tuples
-    chosen = {key: value for key, value in flat.items()
+    chosen = {key: value for key, value in flat_settings(cfg).items()
               if any(key == s or key.startswith(f"{s}.") for s in sections) and key not in HOW_NOT_WHAT}
     return chosen | {f"input.{name}": value for name, value in (inputs or {}).items()}
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value and f"{prefix}{key}" not in ("compare.runs", "repro.bags", "repro.runs",
-                                                                          "repro.tables"):
-            flat |= _flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def open_run(folder: Path, artifact: Artifact, resume: bool, redo_changed: bool = False) -> str:
