@@ -310,6 +310,15 @@ def test_bad_input_is_one_line_and_exit_2(case, chain, tmp_path, capsys, bingo_l
     assert snapshot(chain.root) == chain_before
 
 
+def test_a_real_run_prints_only_bingos_own_lines(tmp_path):
+    """Lightning configures its loggers when imported: they must be quieted after that import, not before."""
+    proc = run_process("distill", *tiny_sets("trainer.limit_train_batches=2"), "--method", "moco",
+                       "--out", tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines and all(line.startswith("[bingo] ") for line in lines), lines  # no "GPU available", no tips
+
+
 @pytest.mark.parametrize("case", ["bags for another data set", "malicious teacher pickle"])
 def test_bad_input_in_a_real_process(case, chain, tmp_path):
     make_args, message = BAD_INPUTS[case]

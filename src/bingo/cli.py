@@ -210,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             print((args.out / "card.md").read_text())
             return 0
         cfg = resolve_config(args)
-        quiet_libraries()  # the stages' heavy imports come only once the command line is valid
+        import lightning  # noqa: F401  # heavy imports only once the command line is valid; Lightning sets up
+        quiet_libraries()  # its loggers when imported, so they are quieted after
         if args.command == "pretrain":
             from bingo.stages.pretrain import run_pretrain
 
