@@ -99,8 +99,10 @@ class MoCoConfig:
     queue_size: int = 65536
     temperature: float = 0.2
     momentum: float = 0.999  # key encoder EMA
-    shuffle_bn_group: int = 32  # shuffle-BN: the key batch is shuffled and its BatchNorm computed over groups of this
-    # many images (MoCo's 32 per GPU; on one device the groups emulate the GPUs); 0: one group per process
+    shuffle_bn_group: int = 0  # shuffle-BN: the key batch of all processes is shuffled, and each process computes its
+    # BatchNorm over groups of this many images (0: its whole share, as MoCo on 8 GPUs). On one device, groups
+    # emulate GPUs for the keys only (the queries' BatchNorm stays whole): in the demo it made MoCo-v2 unstable
+    # (docs/methods.md)
 
 
 @dataclass
