@@ -29,9 +29,9 @@ def run_embed(cfg: Config, out: Path, model: str | None, resume: bool = False) -
     """Features of cfg.embed.split from `model` (student config) or the teacher, in `out` (reused when made
     with the same settings)."""
     started = time.perf_counter()
-    network = source("student", model) if model else source("teacher", cfg.teacher.checkpoint)
     if not model and not cfg.teacher.checkpoint:
         raise UserError("'bingo embed' needs a network: pass --model FILE|random|random-init or --teacher FILE")
+    network = source("student", model) if model else source("teacher", cfg.teacher.checkpoint)
     data = build_dataset(cfg.data, cfg.embed.split)
     artifact = Artifact("embed", FEATURES_FILE, features_settings(cfg, network, data))
     if open_run(out, artifact, resume) == "finished":
