@@ -103,6 +103,62 @@ def test_tables_share_runs_and_resume_in_parts(tmp_path, capsys, bingo_logger_gu
     assert "holds no 'bingo repro' run" in capsys.readouterr().err
 
 
+GRADED = """
+repro:
+  teachers:
+    own: {}
+    short: {set: [pretrain.optim.epochs=1, pretrain.moco.queue_size=64]}
+  bags:
+    knn-3: {set: [bags.strategy=knn, bags.k=3]}
+  runs:
+    moco: {}
+    bingo: {bags: knn-3}
+  tables:
+    main: {title: "Main", runs: [moco, bingo]}
+    graded: {title: "Graded", runs: [moco, bingo], teachers: [short, own]}
+  claims:
+    - {claim: "bingo beats moco, short teacher", table: graded, better: bingo@short, worse: moco}
+"""
+
+
+def test_a_table_of_teachers_trains_each_run_under_each_teacher(tmp_path, bingo_logger_guard):
+    plan, out = tmp_path / "plan.yaml", tmp_path / "repro"
+    plan.write_text(GRADED)
+    assert main(repro_args(out, plan, "--tables", "main")) == 0
+    shared = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("student.safetensors")}
+    assert main(repro_args(out, plan, "--tables", "graded", "--resume")) == 0
+    assert {p: p.stat().st_mtime_ns for p in shared} == shared  # moco and bingo@own: the main table's runs
+    short = out / "teachers" / "short"
+    settings = read_json(short / "teacher" / "run.json")["settings"]
+    assert (settings["pretrain.optim.epochs"], settings["pretrain.moco.queue_size"]) == (1, 64)
+    assert read_json(short / "bags" / "knn-3" / "results.json")["source"]["path"].startswith(str(short / "teacher"))
+    assert sorted(p.parent.name for p in (short / "runs" / "bingo").glob("seed-*/student.safetensors")) == \
+        ["seed-0", "seed-1"]
+    summary = read_json(out / "tables" / "graded" / "results.json")
+    assert list(summary["runs"]) == ["moco", "bingo@short", "bingo@own"]
+    assert set(summary["teachers"]) == {"short", "own"}
+    assert summary["teachers"]["own"] == read_json(out / "results.json")["teacher"]  # the repro teacher itself
+    report = read_json(out / "results.json")
+    assert [(c["better"], c["worse"]) for c in report["claims"]] == [("bingo@short", "moco")] * 2
+    text = (out / "results.md").read_text().split("## Graded")[1]
+    assert "| teacher | teacher linear top-1 | lead over moco | bingo: gain |" in text
+    moco = statistics.mean(s["linear top-1"] for s in summary["runs"]["moco"]["seeds"].values())
+    lead = summary["teachers"]["short"]["linear top-1"] - moco
+    assert f"| short | {summary['teachers']['short']['linear top-1']:.1f} | {lead:+.1f} | " in text
+    assert (out / "results" / "graded-gain.png").read_bytes()[:4] == b"\x89PNG"
+    assert "![graded: gain against the teacher's lead](results/graded-gain.png)" in text
+
+    # A teacher given as a file: used as it is (here the short teacher's own file, so the same accuracies).
+    file = f"    file: {{checkpoint: {short}/teacher/teacher.safetensors}}"
+    plan.write_text(GRADED.replace("    own: {}", f"    own: {{}}\n{file}")
+                    .replace("teachers: [short, own]", "teachers: [short, own, file]"))
+    assert main(repro_args(out, plan, "--tables", "graded", "--resume")) == 0
+    summary = read_json(out / "tables" / "graded" / "results.json")
+    assert list(summary["runs"]) == ["moco", "bingo@short", "bingo@own", "bingo@file"]
+    assert summary["teachers"]["file"] == summary["teachers"]["short"]
+    assert not (out / "teachers" / "file" / "teacher" / "teacher.safetensors").exists()  # not pretrained
+
+
 def _published(values: dict[str, list[float]]) -> dict:
     """A results.json as `bingo repro` publishes it: table main, each run's linear top-1 per seed."""
     runs = {name: {"method": name, "seeds": {str(seed): {"linear top-1": v} for seed, v in enumerate(vs)},
@@ -148,7 +204,8 @@ def test_a_bad_results_json_to_render_is_refused_in_one_line(tmp_path, capsys, m
 def test_the_shipped_plan_is_consistent():
     cfg = load_config("repro")
     plan = ReproPlan.load(cfg.repro)
-    assert plan.chosen_tables(None) == ["main", "relations", "bags", "semi", "k", "ablations"]  # the paper's
+    assert plan.chosen_tables(None) == ["main", "relations", "bags", "teachers", "semi", "k",
+                                        "ablations"]  # the paper's
     assert plan.chosen_tables(["schedule", "queue"]) == ["queue", "schedule"]  # investigations: when named
     assert all(isinstance(claim.better, str) for claim in plan.claims) and plan.tables["main"].runs
     assert (cfg.teacher.width, cfg.student.width, cfg.data.train_subset) == (32, 16, 10000)  # demo's, inherited
@@ -179,6 +236,20 @@ MOCO = {"method": "moco"}  # a run of the plan
     ({"runs": {"a": MOCO}, "tables": {"t": {"runs": ["a"]}}, "claims": [{"claim": "c", "table": "t", "better": "a",
                                                                       "worse": "z"}]},
      "repro.claims: 'c' must name a table and two of its runs"),
+    ({"runs": {"a": MOCO}, "tables": {"t": {"runs": ["a"], "teachers": ["x"]}}},
+     "repro.tables.t: teacher 'x' is not in repro.teachers"),
+    ({"teachers": {"x": {"checkpoint": "t.safetensors", "set": ["pretrain.optim.epochs=1"]}}, "runs": {"a": MOCO},
+      "tables": {"t": {"runs": ["a"]}}}, "repro.teachers.x: a checkpoint is used as it is"),
+    ({"teachers": {"x": {"preset": "nope"}}, "runs": {"a": MOCO}, "tables": {"t": {"runs": ["a"]}}},
+     "repro.teachers.x: unknown preset 'nope'"),
+    ({"teachers": {"x@y": {}}, "runs": {"a": MOCO}, "tables": {"t": {"runs": ["a"]}}},
+     "repro.teachers.x@y: a teacher's name cannot hold '@'"),
+    ({"teachers": {"x": {"epochs": 2}}, "runs": {"a": MOCO}, "tables": {"t": {"runs": ["a"]}}},
+     "repro.teachers.x has unknown keys ['epochs']"),
+    ({"teachers": {"x": {}}, "runs": {"a": MOCO, "b": {"method": "seed"}}, "tables": {"t": {"runs": ["a", "b"],
+                                                                                         "teachers": ["x"]}},
+      "claims": [{"claim": "c", "table": "t", "better": "b@y", "worse": "a"}]},
+     "repro.claims: 'c' must name a table and two of its runs \\(RUN@TEACHER under one of its teachers\\)"),
 ])
 def test_bad_plans_are_refused(plan, message):
     cfg = load_config("demo")
@@ -191,6 +262,6 @@ def test_bad_plans_are_refused(plan, message):
 def test_unknown_table_is_one_line_and_writes_nothing(tmp_path, capsys, bingo_logger_guard):
     assert main(["repro", "--tables", "nope", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
-    assert err.strip() == ("bingo: error: unknown table 'nope'; choose from: main, relations, bags, semi, k, "
-                           "ablations, queue, schedule, strong-teacher")
+    assert err.strip() == ("bingo: error: unknown table 'nope'; choose from: main, relations, bags, teachers, semi, "
+                           "k, ablations, queue, schedule, strong-teacher")
     assert not (tmp_path / "r").exists()

@@ -301,7 +301,10 @@ class ReproConfig:
 
     bags: dict[str, Any] = field(default_factory=dict)  # name -> {set: ['bingo bags' overrides], model: RUN}
     runs: dict[str, Any] = field(default_factory=dict)  # name -> {method, set, bags: NAME}, shared by the tables
-    tables: dict[str, Any] = field(default_factory=dict)  # name -> {title, runs: [RUN ...], protocols, note}
+    tables: dict[str, Any] = field(default_factory=dict)  # name -> {title, runs: [RUN ...], protocols, note, teachers}
+    # name -> {checkpoint: FILE | zoo:NAME} or {preset: NAME, set: ['bingo pretrain' overrides]}: a teacher a table
+    # can train its runs under (tables' `teachers`); {} is the repro teacher itself
+    teachers: dict[str, Any] = field(default_factory=dict)
     claims: list[Any] = field(default_factory=list)  # {claim, table, better: RUN, worse: RUN, metric, paper}
     metrics: list[str] = field(default_factory=lambda: ["linear top-1", "kNN@10 top-1"])  # claims judged on these
     teacher_protocols: list[str] = field(default_factory=lambda: ["knn", "linear"])  # the teacher's reference row

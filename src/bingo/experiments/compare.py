@@ -61,7 +61,7 @@ def run_compare(cfg: Config, out: Path, resume: bool = False) -> dict:
                for name, run in configs.items()}
     if not is_rank_zero():  # the other processes of a distributed job only help train
         return {}
-    summary = summarise(configs, per_run, cfg.compare.seeds, protocols, out, out)
+    summary = summarise(configs, per_run, cfg.compare.seeds, protocols, {name: out / name for name in configs}, out)
     print(compare_table(summary))
     return summary
 
@@ -125,8 +125,8 @@ def seeded_config(run: Config, seed: int) -> Config:
 
 
 def summarise(configs: dict[str, Config], per_run: dict[str, dict[int, dict]], seeds: list[int],
-              protocols: tuple[str, ...], runs_root: Path, out: Path) -> dict:
-    """results.json, results.md, accuracy.png and the training curves of the runs (in runs_root/NAME/seed-S)."""
+              protocols: tuple[str, ...], run_folders: dict[str, Path], out: Path) -> dict:
+    """results.json, results.md, accuracy.png and the training curves of the runs (each in its folder/seed-S)."""
     summary = {"runs": {name: {"method": configs[name].distill.method, "seeds": values,
                                "mean": _stat(values, np.mean), "std": _stat(values, _spread)}
                         for name, values in per_run.items()},
@@ -135,7 +135,7 @@ def summarise(configs: dict[str, Config], per_run: dict[str, dict[int, dict]], s
     write_results(out, summary)
     (out / "results.md").write_text(compare_table(summary) + "\n")
     bar_chart(summary, out / "accuracy.png")
-    plot_runs({f"{name} seed {seed}": runs_root / name / f"seed-{seed}" for name in per_run for seed in seeds}, out)
+    plot_runs({f"{name} seed {seed}": run_folders[name] / f"seed-{seed}" for name in per_run for seed in seeds}, out)
     return summary
 
 

@@ -6,10 +6,10 @@ The config keeps them as the YAML a user writes (`compare.runs`, `repro.*`); `co
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from bingo.config import CompareConfig, ReproConfig
+from bingo.config import CompareConfig, ReproConfig, preset_names
 from bingo.errors import UserError
 from bingo.methods import METHODS
 
@@ -43,6 +43,23 @@ class TableSpec:
     protocols: tuple[str, ...] | None = None
     note: str = ""
     investigation: bool = False  # run only when --tables names it
+    teachers: tuple[str, ...] = ()  # names in repro.teachers: each run that uses a teacher, once under each (RUN@NAME)
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """A teacher of repro besides its own: a checkpoint, or a preset's MoCo-v2 recipe with overrides that bingo
+    pretrains; neither: the repro teacher itself."""
+
+    name: str
+    checkpoint: str | None = None  # a file or zoo:NAME
+    preset: str | None = None  # the recipe to pretrain (its pretrain, data and teacher sections)
+    overrides: tuple[str, ...] = ()  # on that recipe, e.g. pretrain.optim.epochs=2
+
+    @property
+    def is_repro_teacher(self) -> bool:
+        """Whether this is the teacher every other table uses (its runs are shared with them)."""
+        return self.checkpoint is None and self.preset is None and not self.overrides
 
 
 @dataclass(frozen=True)
@@ -104,6 +121,7 @@ class ReproPlan:
     claims: tuple[ClaimSpec, ...]
     metrics: tuple[str, ...]  # claims without their own metric are judged on each of these
     teacher_protocols: tuple[str, ...]  # the teacher's reference row
+    teachers: dict[str, TeacherSpec] = field(default_factory=dict)
 
     @classmethod
     def load(cls, repro: ReproConfig) -> ReproPlan:
@@ -116,7 +134,8 @@ class ReproPlan:
         tables = {name: _table(name, spec) for name, spec in repro.tables.items()}
         plan = cls(bags, runs, tables, tuple(_claim(claim) for claim in repro.claims),
                    _strings("repro.metrics", repro.metrics), _strings("repro.teacher_protocols",
-                                                                      repro.teacher_protocols))
+                                                                      repro.teacher_protocols),
+                   {name: _teacher(name, spec) for name, spec in repro.teachers.items()})
         plan.check_names()
         return plan
 
@@ -133,10 +152,20 @@ class ReproPlan:
             if missing or not table.runs:
                 raise UserError(f"repro.tables.{table.name}: " + (f"run '{missing[0]}' is not in repro.runs"
                                                                   if missing else "no runs"))
+            unknown = [name for name in table.teachers if name not in self.teachers]
+            if unknown:
+                raise UserError(f"repro.tables.{table.name}: teacher '{unknown[0]}' is not in repro.teachers")
         for claim in self.claims:
-            shown = self.tables[claim.table].runs if claim.table in self.tables else ()
-            if not shown or any(side not in [*shown, "teacher"] for side in (claim.better, claim.worse)):
-                raise UserError(f"repro.claims: '{claim.claim}' must name a table and two of its runs")
+            table = self.tables.get(claim.table)
+            shown = [*self.shown_runs(table), "teacher"] if table else []
+            if not table or any(side not in shown for side in (claim.better, claim.worse)):
+                raise UserError(f"repro.claims: '{claim.claim}' must name a table and two of its runs"
+                                + (" (RUN@TEACHER under one of its teachers)" if table and table.teachers else ""))
+
+    @staticmethod
+    def shown_runs(table: TableSpec) -> list[str]:
+        """The row names a table may show: its runs, and with teachers each run under each of them (RUN@TEACHER)."""
+        return [*table.runs, *(f"{run}@{teacher}" for run in table.runs for teacher in table.teachers)]
 
     def chosen_tables(self, names: list[str] | None) -> list[str]:
         """The tables to run, in the plan's order: `names`, or every table not marked as an investigation."""
@@ -153,13 +182,30 @@ def _bag(name: str, spec: Any) -> BagSpec:
 
 
 def _table(name: str, spec: Any) -> TableSpec:
-    spec = _entry(f"repro.tables.{name}", spec, {"title", "runs", "protocols", "note", "investigation"})
+    spec = _entry(f"repro.tables.{name}", spec, {"title", "runs", "protocols", "note", "investigation", "teachers"})
     if not isinstance(spec.get("investigation", False), bool):
         raise UserError(f"repro.tables.{name}.investigation must be true or false, not {spec['investigation']!r}")
     protocols = spec.get("protocols")
     return TableSpec(name, _strings(f"repro.tables.{name}.runs", spec.get("runs", [])), str(spec.get("title", "")),
                      None if protocols is None else _strings(f"repro.tables.{name}.protocols", protocols),
-                     str(spec.get("note", "")), spec.get("investigation", False))
+                     str(spec.get("note", "")), spec.get("investigation", False),
+                     _strings(f"repro.tables.{name}.teachers", spec.get("teachers", [])))
+
+
+def _teacher(name: str, spec: Any) -> TeacherSpec:
+    where = f"repro.teachers.{name}"
+    spec = _entry(where, spec, {"checkpoint", "preset", "set"})
+    for key in ("checkpoint", "preset"):
+        if key in spec and (not isinstance(spec[key], str) or not spec[key]):
+            raise UserError(f"{where}.{key} must be a non-empty string, not {spec[key]!r}")
+    if "checkpoint" in spec and set(spec) - {"checkpoint"}:
+        raise UserError(f"{where}: a checkpoint is used as it is; drop preset and set, or drop checkpoint to "
+                        "pretrain this teacher")
+    if "@" in name:
+        raise UserError(f"{where}: a teacher's name cannot hold '@' (rows are named RUN@TEACHER)")
+    if spec.get("preset", "demo") not in preset_names():
+        raise UserError(f"{where}: unknown preset '{spec['preset']}'; choose one of: {', '.join(preset_names())}")
+    return TeacherSpec(name, spec.get("checkpoint"), spec.get("preset"), _strings(f"{where}.set", spec.get("set", [])))
 
 
 def _claim(spec: Any) -> ClaimSpec:

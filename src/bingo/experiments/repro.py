@@ -35,6 +35,7 @@ from bingo.experiments import compare
 from bingo.experiments.compare import Evaluation, compare_table, eval_folder, summarise, train_and_evaluate, train_run
 from bingo.experiments.plans import BagSpec, ReproPlan, RunSpec, TableSpec
 from bingo.experiments.stats import holm, paired_comparison
+from bingo.methods import needs_teacher
 from bingo.models.checkpoints import load_encoder
 from bingo.plots import pyplot, save_figure
 from bingo.report import flat_metrics
@@ -43,6 +44,7 @@ from bingo.stages.common import random_encoder, slug
 from bingo.stages.evaluate import evaluate_once
 from bingo.stages.pretrain import run_pretrain
 from bingo.training import file_digest, is_rank_zero, machine_info, prepare_run_folder, write_results
+from bingo.zoo import resolve_checkpoint
 
 log = logging.getLogger("bingo")
 SHOWN = ("kNN@10 top-1", "kNN@200 top-1", "linear top-1", "semi 1% top-1", "semi 10% top-1", "train wall time (s)")
@@ -103,13 +105,19 @@ def reference_rows(cfg: Config, plan: ReproPlan, out: Path) -> dict[str, dict] |
     with random weights (BatchNorm at its initialisation), as `plan.teacher_protocols` measure them."""
     if not is_rank_zero():
         return None
-    teacher = cfg.teacher.checkpoint
-    models = {"teacher": (file_digest(Path(teacher)), "teacher", lambda: load_encoder(teacher, cfg.teacher, cfg.data)),
-              "raw pixels": ("pixels", "student", lambda: None),
-              "random student": ("random-init", "student", lambda: random_encoder(cfg, cfg.student, calibrated=False))}
     folders = reference_folders(out, plan)
-    return {name: _reference(evaluate_once(cfg, folders[name], name, plan.teacher_protocols, model, build, section))
-            for name, (model, section, build) in models.items()}
+    models = {"raw pixels": ("pixels", lambda: None),
+              "random student": ("random-init", lambda: random_encoder(cfg, cfg.student, calibrated=False))}
+    return {"teacher": teacher_row(cfg, plan, folders["teacher"], "teacher"),
+            **{name: _reference(evaluate_once(cfg, folders[name], name, plan.teacher_protocols, model, build))
+               for name, (model, build) in models.items()}}
+
+
+def teacher_row(cfg: Config, plan: ReproPlan, folder: Path, label: str) -> dict:
+    """The accuracies of cfg's teacher by `plan.teacher_protocols`, evaluated into `folder` once (reused)."""
+    teacher = cfg.teacher.checkpoint
+    return _reference(evaluate_once(cfg, folder, label, plan.teacher_protocols, file_digest(Path(teacher)),
+                                    lambda: load_encoder(teacher, cfg.teacher, cfg.data), "teacher"))
 
 
 def evaluated_references(out: Path, plan: ReproPlan) -> dict[str, dict]:
@@ -143,16 +151,53 @@ def run_config(cfg: Config, plan: ReproPlan, out: Path, run: RunSpec) -> Config:
 
 
 def run_table(cfg: Config, plan: ReproPlan, out: Path, table: TableSpec) -> dict | None:
-    """Train and evaluate every run of one table for every seed; its summary in OUT/tables/TABLE."""
+    """Train and evaluate every run of one table for every seed; its summary in OUT/tables/TABLE.
+
+    A table with teachers trains each run that uses a teacher once under each of them (row RUN@TEACHER, in
+    OUT/teachers/TEACHER/runs/RUN), the others once; its summary also holds each teacher's accuracies.
+    """
     protocols = table.protocols or tuple(cfg.compare.protocols)
     log.info("repro: table %s (%s)", table.name, table.title)
-    configs = {name: run_config(cfg, plan, out, plan.runs[name]) for name in table.runs}
+    rows: dict[str, tuple[Config, Path]] = {}  # row -> (run config, folder of its seeds)
+    teachers = {}
+    for teacher in table.teachers or (None,):
+        teacher_cfg, root = teacher_setting(cfg, plan, out, teacher)
+        if teacher is not None:
+            teachers[teacher] = teacher_row(teacher_cfg, plan, root / "teacher" / "eval" /
+                                            eval_folder(plan.teacher_protocols), f"teacher {teacher}")
+        for name in table.runs:
+            run = run_config(teacher_cfg, plan, root, plan.runs[name])
+            row = f"{name}@{teacher}" if teacher is not None and needs_teacher(run) else name
+            rows.setdefault(row, (run, (root if row != name else out) / "runs" / name))
     evaluation = Evaluation(cfg, protocols)
-    per_run = {name: {seed: train_and_evaluate(run, seed, out / "runs" / name, name, evaluation)
-                      for seed in cfg.compare.seeds} for name, run in configs.items()}
+    per_run = {row: {seed: train_and_evaluate(run, seed, folder, row, evaluation) for seed in cfg.compare.seeds}
+               for row, (run, folder) in rows.items()}
     if not is_rank_zero():
         return None
-    return summarise(configs, per_run, cfg.compare.seeds, protocols, out / "runs", out / "tables" / table.name)
+    summary = summarise({row: run for row, (run, _) in rows.items()}, per_run, cfg.compare.seeds, protocols,
+                        {row: folder for row, (_, folder) in rows.items()}, out / "tables" / table.name)
+    if teachers:
+        summary["teachers"] = teachers
+        write_results(out / "tables" / table.name, summary)
+    return summary
+
+
+def teacher_setting(cfg: Config, plan: ReproPlan, out: Path, name: str | None) -> tuple[Config, Path]:
+    """The config of the runs under teacher `name` of repro.teachers (None: the repro teacher), and the folder
+    their bag files and runs go to (OUT itself for the repro teacher: its runs are shared with the other tables)."""
+    spec = plan.teachers[name] if name is not None else None
+    if spec is None or spec.is_repro_teacher:
+        return cfg, out
+    root = out / "teachers" / name
+    teacher_cfg = copy.deepcopy(cfg)
+    if spec.checkpoint:
+        teacher_cfg.teacher.checkpoint = resolve_checkpoint(spec.checkpoint)
+        return teacher_cfg, root
+    recipe = load_config(spec.preset, None, list(spec.overrides), stage="pretrain", base=copy.deepcopy(cfg))
+    recipe.trainer, recipe.seed, recipe.teacher.checkpoint = copy.deepcopy(cfg.trainer), cfg.seed, ""  # how it runs
+    log.info("repro: teacher %s (MoCo-v2%s)", name, f", preset {spec.preset}" if spec.preset else "")
+    teacher_cfg.teacher.checkpoint = str(run_pretrain(recipe, root / "teacher", resume=True))
+    return teacher_cfg, root
 
 
 def judge(plan: ReproPlan, summaries: dict[str, dict], references: dict[str, dict]) -> list[dict]:
@@ -244,6 +289,8 @@ def render_report(plan: ReproPlan, report: dict, out: Path) -> dict:
     write_results(out, report)
     for table, summary in report["tables"].items():
         table_chart(summary, references, out / "results" / f"{table}.png")
+        if summary.get("teachers"):
+            gain_chart(summary, plan.metrics, out / "results" / f"{table}-gain.png")
     (out / "results.md").write_text(report_markdown(plan, report))
     return report
 
@@ -313,6 +360,9 @@ def report_markdown(plan: ReproPlan, report: dict) -> str:
         spec = plan.tables[table]
         lines += ["", f"## {spec.title or table}", "", table_markdown(summary, report["references"]), "",
                   f"![{table}](results/{table}.png)"]
+        if summary.get("teachers"):
+            lines += ["", GAIN_RULE, "", *(gain_markdown(summary, metric) for metric in plan.metrics),
+                      f"![{table}: gain against the teacher's lead](results/{table}-gain.png)"]
         if spec.note:
             lines += ["", spec.note]
     lines += ["", "## Commands", "", "| table | wall time (min) | finished | command |", "|---|---|---|---|"]
@@ -358,3 +408,63 @@ def table_markdown(summary: dict, references: dict[str, dict]) -> str:
             text += f"\n| {name} (reference) | {methods.get(name, '-')} | 1 | " + " | ".join(
                 f"{row[k]:.1f}" if k in row else "-" for k in columns) + " |"
     return text
+
+
+GAIN_RULE = ("Each teacher's lead is its accuracy minus the baseline's (the row trained without a teacher, mean over "
+             "seeds); each student's gain is its paired difference from the baseline, mean over seeds with its 95% "
+             "interval.")
+
+
+def teacher_gains(summary: dict, metric: str) -> tuple[str, list[dict]]:
+    """The baseline row (the first that no teacher trains) and, per teacher and row under it: the teacher's lead
+    over the baseline on `metric` and the row's paired gain over the baseline."""
+    runs = summary["runs"]
+    baseline = next(name for name in runs if "@" not in name)
+    base_seeds = {seed: values[metric] for seed, values in runs[baseline]["seeds"].items() if metric in values}
+    gains = []
+    for teacher, accuracy in summary["teachers"].items():
+        for name, run in runs.items():
+            if name.endswith(f"@{teacher}") and metric in accuracy:
+                seeds = {seed: values[metric] for seed, values in run["seeds"].items() if metric in values}
+                gain = paired_comparison(seeds, base_seeds)
+                gains.append({"teacher": teacher, "run": name.split("@")[0], "teacher_value": accuracy[metric],
+                              "lead": accuracy[metric] - float(np.mean(list(base_seeds.values()))),
+                              **{key: _rounded(getattr(gain, key)) for key in ("difference", "low", "high")}})
+    return baseline, gains
+
+
+def gain_markdown(summary: dict, metric: str) -> str:
+    """One row per teacher (weakest first): its accuracy and lead, each student's gain [95% CI] over the baseline."""
+    baseline, gains = teacher_gains(summary, metric)
+    runs = list(dict.fromkeys(g["run"] for g in gains))
+    teachers = sorted(dict.fromkeys(g["teacher"] for g in gains), key=lambda t: summary["teachers"][t][metric])
+    lines = [f"| teacher | teacher {metric} | lead over {baseline} | " + " | ".join(f"{run}: gain" for run in runs)
+             + " |", "|" + "---|" * (3 + len(runs))]
+    for teacher in teachers:
+        cells = {g["run"]: g for g in gains if g["teacher"] == teacher}
+        first = next(iter(cells.values()))
+        lines.append(f"| {teacher} | {first['teacher_value']:.1f} | {first['lead']:+.1f} | " + " | ".join(
+            _interval(cells[run]) if run in cells else "-" for run in runs) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def gain_chart(summary: dict, metrics: tuple[str, ...], path: Path) -> None:
+    """Per metric: each student's gain over the baseline (95% CI) against its teacher's lead, one colour per
+    method, zero marked; legend outside the data."""
+    plt = pyplot()
+    figure, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics) + 1.6, 3.6), squeeze=False)
+    for axis, metric in zip(axes[0], metrics, strict=True):
+        baseline, gains = teacher_gains(summary, metric)
+        for i, run in enumerate(dict.fromkeys(g["run"] for g in gains)):
+            mine = sorted((g for g in gains if g["run"] == run), key=lambda g: g["lead"])
+            gain = np.array([g["difference"] for g in mine])
+            low, high = (np.array([g[key] if g[key] is not None else g["difference"] for g in mine])
+                         for key in ("low", "high"))
+            axis.errorbar([g["lead"] for g in mine], gain, yerr=[gain - low, high - gain], fmt="o-", capsize=3,
+                          color=f"C{i}", label=run)
+        axis.axhline(0, color="grey", linewidth=1, linestyle="--", label=f"{baseline} (no teacher)")
+        axis.set_xlabel(f"teacher's lead over {baseline} ({metric}, points)")
+        axis.set_ylabel(f"student's gain over {baseline} (points)")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    figure.suptitle(f"paired over {len(summary['seeds'])} seeds, 95% intervals", fontsize=9)
+    save_figure(figure, path)
