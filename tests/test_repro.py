@@ -15,6 +15,7 @@ from conftest import read_json, tiny_sets
 
 PLAN = """
 repro:
+  intro: "What this page is."
   bags:
     knn-3: {set: [bags.strategy=knn, bags.k=3]}
     self: {set: [bags.strategy=self]}
@@ -52,7 +53,12 @@ def test_tables_share_runs_and_resume_in_parts(tmp_path, capsys, bingo_logger_gu
     assert report["teacher"]["linear top-1"] == pytest.approx(report["claims"][2]["better_mean"], abs=0.01)
     assert list(report["references"]) == ["teacher", "raw pixels", "random student"]
     assert report["references"]["teacher"] == report["teacher"]
-    main_table = (out / "results.md").read_text().split("## Main")[1]
+    page = (out / "results.md").read_text()
+    assert page.startswith("# Results: the paper's tables in miniature\n\nWhat this page is.\n\n"
+                           "**In short.** Of 4 claim")
+    assert "Not run yet: table relations (their claims are not judged above)." in page
+    assert "| main | " in page and f"| {read_json(out / 'parts.json')[0]['commit']} | `bingo repro" in page
+    main_table = page.split("## Main")[1]
     assert all(f"| {name} (reference) |" in main_table for name in report["references"])
     p_values = [claim["p"] for claim in report["claims"]]
     for claim in report["claims"]:  # paired over the two seeds, Holm-corrected over the four rows

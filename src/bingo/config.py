@@ -305,6 +305,7 @@ class ReproConfig:
     # name -> {checkpoint: FILE | zoo:NAME} or {preset: NAME, set: ['bingo pretrain' overrides]}: a teacher a table
     # can train its runs under (tables' `teachers`); {} is the repro teacher itself
     teachers: dict[str, Any] = field(default_factory=dict)
+    intro: str = ""  # Markdown at the top of the report: what was run, how, and what was scaled down
     claims: list[Any] = field(default_factory=list)  # {claim, table, better: RUN, worse: RUN, metric, paper}
     metrics: list[str] = field(default_factory=lambda: ["linear top-1", "kNN@10 top-1"])  # claims judged on these
     teacher_protocols: list[str] = field(default_factory=lambda: ["knn", "linear"])  # the teacher's reference row

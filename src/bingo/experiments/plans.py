@@ -122,6 +122,7 @@ class ReproPlan:
     metrics: tuple[str, ...]  # claims without their own metric are judged on each of these
     teacher_protocols: tuple[str, ...]  # the teacher's reference row
     teachers: dict[str, TeacherSpec] = field(default_factory=dict)
+    intro: str = ""  # Markdown at the top of the report, before the verdicts
 
     @classmethod
     def load(cls, repro: ReproConfig) -> ReproPlan:
@@ -135,7 +136,7 @@ class ReproPlan:
         plan = cls(bags, runs, tables, tuple(_claim(claim) for claim in repro.claims),
                    _strings("repro.metrics", repro.metrics), _strings("repro.teacher_protocols",
                                                                       repro.teacher_protocols),
-                   {name: _teacher(name, spec) for name, spec in repro.teachers.items()})
+                   {name: _teacher(name, spec) for name, spec in repro.teachers.items()}, str(repro.intro or ""))
         plan.check_names()
         return plan
 

@@ -43,7 +43,7 @@ from bingo.stages.bags import run_bags
 from bingo.stages.common import random_encoder, slug
 from bingo.stages.evaluate import evaluate_once
 from bingo.stages.pretrain import run_pretrain
-from bingo.training import file_digest, is_rank_zero, machine_info, prepare_run_folder, write_results
+from bingo.training import file_digest, git_commit, is_rank_zero, machine_info, prepare_run_folder, write_results
 from bingo.zoo import resolve_checkpoint
 
 log = logging.getLogger("bingo")
@@ -252,7 +252,7 @@ def log_part(out: Path, command: str, table: str, seconds: float) -> None:
     path = out / "parts.json"
     parts = json.loads(path.read_text()) if path.exists() else []
     parts.append({"command": command, "table": table, "wall_time_s": round(seconds, 1),
-                  "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+                  "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": git_commit()})
     path.write_text(json.dumps(parts, indent=2))
 
 
@@ -341,8 +341,9 @@ def table_chart(summary: dict, references: dict[str, dict], path: Path) -> None:
 
 
 def report_markdown(plan: ReproPlan, report: dict) -> str:
-    """The report as Markdown: claims first, then one section per table."""
-    lines = ["# The paper's tables in miniature", "", f"Machine: {_machine(report['machine'])}. Time: "
+    """The report as Markdown: the plan's introduction, the verdicts in short, the claims, one section per table."""
+    lines = ["# Results: the paper's tables in miniature", "", *([plan.intro.strip(), ""] if plan.intro else []),
+             *verdicts_in_short(plan, report), "", f"Machine: {_machine(report['machine'])}. Time: "
              f"{report['compute_s'] / 60:.0f} min, the sum of every training, bag building and evaluation it holds; "
              f"the parts below ran for {report['wall_time_s'] / 60:.0f} min (a part that was interrupted is not "
              "listed).", "",
@@ -365,10 +366,29 @@ def report_markdown(plan: ReproPlan, report: dict) -> str:
                       f"![{table}: gain against the teacher's lead](results/{table}-gain.png)"]
         if spec.note:
             lines += ["", spec.note]
-    lines += ["", "## Commands", "", "| table | wall time (min) | finished | command |", "|---|---|---|---|"]
-    lines += [f"| {p['table']} | {p['wall_time_s'] / 60:.1f} | {p['finished']} | `{p['command']}` |"
-              for p in report["parts"]]
+    lines += ["", "## Commands", "", "| table | wall time (min) | finished | commit | command |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {p['table']} | {p['wall_time_s'] / 60:.1f} | {p['finished']} | {p.get('commit', '-')} "
+              f"| `{p['command']}` |" for p in report["parts"]]
     return "\n".join(lines) + "\n"
+
+
+def verdicts_in_short(plan: ReproPlan, report: dict) -> list[str]:
+    """'**In short.**': how many claims hold, are reversed or stay inconclusive, which hold or are reversed, and the
+    tables of the plan not run yet."""
+    claims = report["claims"]
+    counts = {verdict: sum(c["verdict"] == verdict for c in claims) for verdict in ("holds", "reversed")}
+    lines = [f"**In short.** Of {len(claims)} claim rows judged (each claim on each of its metrics), "
+             f"{counts['holds']} hold, {counts['reversed']} are reversed and {len(claims) - sum(counts.values())} "
+             "are inconclusive or without a verdict."]
+    for verdict in ("holds", "reversed"):
+        lines += [f"- **{verdict}**: {c['claim']} ({c['metric']}: {_interval(c)})" for c in claims
+                  if c["verdict"] == verdict]
+    missing = [name for name in plan.chosen_tables(None) if name not in report["tables"]]
+    if missing:
+        lines += ["", f"Not run yet: table{'s' if len(missing) > 1 else ''} {', '.join(missing)} (their claims are "
+                  "not judged above)."]
+    return lines
 
 
 def _machine(machine: dict) -> str:
