@@ -105,6 +105,9 @@ def test_tables_share_runs_and_resume_in_parts(tmp_path, capsys, bingo_logger_gu
     (out / "results.md").unlink()
     assert main(repro_args(out, plan, "--report")) == 0
     assert (out / "results.md").read_text() == text
+    # --report --from writes the same page again from results.json alone, the introduction included.
+    assert main(repro_args(tmp_path / "again", plan, "--report", "--from", str(out / "results.json"))) == 0
+    assert (tmp_path / "again" / "results.md").read_text() == text
     assert main(repro_args(tmp_path / "none", plan, "--report")) == 2
     assert "holds no 'bingo repro' run" in capsys.readouterr().err
 

@@ -273,7 +273,8 @@ def write_report(cfg: Config, plan: ReproPlan, out: Path, references: dict[str, 
     references = references or {}
     report = {"machine": machine_info(), "seeds": list(cfg.compare.seeds), "teacher": references.get("teacher"),
               "references": references, "tables": summaries, "parts": parts,
-              "wall_time_s": round(sum(p["wall_time_s"] for p in parts), 1), "compute_s": compute_seconds(out)}
+              "wall_time_s": round(sum(p["wall_time_s"] for p in parts), 1), "compute_s": compute_seconds(out),
+              "intro": plan.intro}
     return render_report(plan, report, out)
 
 
@@ -284,7 +285,8 @@ def render_report(plan: ReproPlan, report: dict, out: Path) -> dict:
     """OUT/results.json, results.md and results/TABLE.png from a report's data, every claim judged by the plan."""
     references = report.get("references") or ({"teacher": report["teacher"]} if report["teacher"] else {})
     report = {key: report[key] for key in REPORT_KEYS} | {"references": references, "metrics": list(plan.metrics),
-                                                         "claims": judge(plan, report["tables"], references)}
+                                                         "claims": judge(plan, report["tables"], references),
+                                                         "intro": report.get("intro", "")}
     out.mkdir(parents=True, exist_ok=True)
     write_results(out, report)
     for table, summary in report["tables"].items():
@@ -341,8 +343,9 @@ def table_chart(summary: dict, references: dict[str, dict], path: Path) -> None:
 
 
 def report_markdown(plan: ReproPlan, report: dict) -> str:
-    """The report as Markdown: the plan's introduction, the verdicts in short, the claims, one section per table."""
-    lines = ["# Results: the paper's tables in miniature", "", *([plan.intro.strip(), ""] if plan.intro else []),
+    """The report as Markdown: its introduction, the verdicts in short, the claims, one section per table."""
+    intro = report.get("intro", "").strip()
+    lines = ["# Results: the paper's tables in miniature", "", *([intro, ""] if intro else []),
              *verdicts_in_short(plan, report), "", f"Machine: {_machine(report['machine'])}. Time: "
              f"{report['compute_s'] / 60:.0f} min, the sum of every training, bag building and evaluation it holds; "
              f"the parts below ran for {report['wall_time_s'] / 60:.0f} min (a part that was interrupted is not "
