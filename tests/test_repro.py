@@ -213,7 +213,7 @@ def test_a_bad_results_json_to_render_is_refused_in_one_line(tmp_path, capsys, m
 def test_the_shipped_plan_is_consistent():
     cfg = load_config("repro")
     plan = ReproPlan.load(cfg.repro)
-    assert plan.chosen_tables(None) == ["main", "relations", "bags", "teachers", "semi", "k",
+    assert plan.chosen_tables(None) == ["main", "relations", "bags", "teachers", "students", "semi", "k",
                                         "ablations"]  # the paper's
     assert plan.chosen_tables(["schedule", "queue"]) == ["queue", "schedule"]  # investigations: when named
     assert all(isinstance(claim.better, str) for claim in plan.claims) and plan.tables["main"].runs
@@ -271,6 +271,6 @@ def test_bad_plans_are_refused(plan, message):
 def test_unknown_table_is_one_line_and_writes_nothing(tmp_path, capsys, bingo_logger_guard):
     assert main(["repro", "--tables", "nope", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
-    assert err.strip() == ("bingo: error: unknown table 'nope'; choose from: main, relations, bags, teachers, semi, "
+    assert err.strip() == ("bingo: error: unknown table 'nope'; choose from: main, relations, bags, teachers, students, semi, "
                            "k, ablations, queue, schedule, strong-teacher")
     assert not (tmp_path / "r").exists()
