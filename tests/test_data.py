@@ -207,3 +207,15 @@ def test_each_method_owns_its_view_plan_on_both_data_paths(cfg, train, bags, met
     batch = plan.batches(train, bags if needs_bags else None, None, 1).__getitems__([3, 5])
     images = batch[:2] if needs_bags else batch[:1]  # uint8 anchors (and positives), augmented on the device
     assert all(image.dtype == torch.uint8 and image.shape[0] == 2 for image in images)
+
+
+def test_scikit_learns_digits_are_a_real_data_set_split_in_halves_offline():
+    from bingo.config import DataConfig
+
+    gray = DataConfig(name="digits", channels=1, mean=[0.5], std=[0.5])
+    train, test = (build_dataset(gray, split) for split in ("labeled", "test"))
+    assert (len(train), len(test)) == (898, 899) and train.name == "digits"
+    assert train.batch(np.arange(4)).shape == (4, 1, 8, 8) and train.batch(np.arange(len(train))).max() == 255
+    assert sorted(collections.Counter(test.labels.tolist())) == list(range(10))
+    rgb = build_dataset(DataConfig(name="digits", channels=3, mean=[0.5] * 3, std=[0.5] * 3), "test")
+    assert rgb.batch(np.arange(2)).shape == (2, 3, 8, 8) and np.array_equal(rgb.labels, test.labels)

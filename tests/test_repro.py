@@ -213,7 +213,7 @@ def test_a_bad_results_json_to_render_is_refused_in_one_line(tmp_path, capsys, m
 def test_the_shipped_plan_is_consistent():
     cfg = load_config("repro")
     plan = ReproPlan.load(cfg.repro)
-    assert plan.chosen_tables(None) == ["main", "relations", "bags", "teachers", "students", "semi", "k",
+    assert plan.chosen_tables(None) == ["main", "relations", "bags", "teachers", "transfer", "students", "semi", "k",
                                         "ablations"]  # the paper's
     assert plan.chosen_tables(["schedule", "queue"]) == ["queue", "schedule"]  # investigations: when named
     assert all(isinstance(claim.better, str) for claim in plan.claims) and plan.tables["main"].runs
@@ -271,6 +271,21 @@ def test_bad_plans_are_refused(plan, message):
 def test_unknown_table_is_one_line_and_writes_nothing(tmp_path, capsys, bingo_logger_guard):
     assert main(["repro", "--tables", "nope", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
-    assert err.strip() == ("bingo: error: unknown table 'nope'; choose from: main, relations, bags, teachers, students, semi, "
-                           "k, ablations, queue, schedule, strong-teacher")
+    assert err.strip() == ("bingo: error: unknown table 'nope'; choose from: main, relations, bags, teachers, "
+                           "transfer, students, semi, k, ablations, queue, schedule, strong-teacher")
     assert not (tmp_path / "r").exists()
+
+
+def test_a_table_shows_top5_and_each_transfer_set_beside_the_top1_accuracies():
+    from bingo.experiments.repro import shown_columns, table_markdown
+
+    run = {"kNN@10 top-1": 70.0, "kNN@10 top-5": 95.0, "linear top-1": 72.0, "linear top-5": 96.0,
+           "transfer digits top-1": 90.0, "transfer digits top-5": 99.0, "train wall time (s)": 10.0}
+    assert shown_columns([run]) == ["kNN@10 top-1", "linear top-1", "linear top-5", "transfer digits top-1",
+                                    "train wall time (s)"]
+    summary = {"runs": {"bingo": {"method": "bingo", "seeds": {"0": run}, "mean": run, "std": dict.fromkeys(run, 0.0)}},
+               "seeds": [0]}
+    text = table_markdown(summary, {"raw pixels": {"linear top-1": 80.0, "transfer digits top-1": 95.0}})
+    assert text.splitlines()[0] == ("| run | method | seeds | kNN@10 top-1 | linear top-1 | linear top-5 | "
+                                    "transfer digits top-1 | train wall time (s) |")
+    assert text.splitlines()[-1] == "| raw pixels (reference) | - | 1 | - | 80.0 | - | 95.0 | - |"

@@ -14,6 +14,7 @@ import yaml
 
 from bingo.config import PROTOCOLS, Config, load_config, preset_names
 from bingo.errors import Preempted, UserError
+from bingo.zoo import resolve_checkpoint
 
 STAGES = ("pretrain", "embed", "cache", "bags", "distill", "eval", "compare", "repro", "demo")
 # One rule for --set keys: a full dotted path, or a path inside the subcommand's own section
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                                               "bingo, moco, mocov3, swav, dino, byol, simclr, torchvision, timm")
         if name == "embed":
             sub.add_argument("--model", help="a student-architecture network instead of the teacher: encoder file, "
-                                             "'random' or 'random-init'")
+                                             "zoo:NAME, 'random' or 'random-init'")
         if name == "bags":
             sub.add_argument("--strategy",
                              help="knn (default) | kmeans | labels | random | student | self (no relation)")
@@ -96,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("protocols", nargs="+", choices=(*PROTOCOLS, "all"), metavar="PROTOCOL",
                              help=f"one or more of {', '.join(PROTOCOLS)}, or all")
             sub.add_argument("--model", required=True,
-                             help="encoder file, 'pixels' (raw pixels), 'random' (student with random weights, "
+                             help="encoder file or zoo:NAME, 'pixels' (raw pixels), 'random' (student with random "
+                                  "weights, "
                                   "BatchNorm statistics estimated on the data) or 'random-init' (BatchNorm at init)")
     plot = commands.add_parser("plot", help="draw loss curves, monitor accuracy, lr, alignment and throughput "
                                             "of training runs into PNG files")
@@ -220,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "embed":
             from bingo.stages.embed import run_embed
 
-            run_embed(cfg, args.out, args.model, args.resume)
+            run_embed(cfg, args.out, resolve_checkpoint(args.model), args.resume)
         elif args.command == "bags":
             from bingo.stages.bags import run_bags
 
@@ -249,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             from bingo.stages.evaluate import run_eval
 
             protocols = PROTOCOLS if "all" in args.protocols else tuple(dict.fromkeys(args.protocols))
-            print(json.dumps(run_eval(cfg, args.out, args.model, protocols, args.resume), indent=2))
+            print(json.dumps(run_eval(cfg, args.out, resolve_checkpoint(args.model), protocols, args.resume), indent=2))
         else:
             from bingo.experiments.demo import run_demo
 

@@ -255,7 +255,7 @@ class SemiConfig:
 class TransferConfig:
     """The transfer protocol: the linear protocol on another data set, resized to the model's input."""
 
-    name: str = "cifar10"  # cifar10 | cifar100 | stl10 | fashion-mnist | imagefolder
+    name: str = "cifar10"  # cifar10 | cifar100 | stl10 | digits (scikit-learn's, offline) | fashion-mnist | imagefolder
     root: str = "data"
     train_subset: int = 0
     test_subset: int = 0

@@ -155,6 +155,9 @@ class FileImages(ImageDataset):
                           self.labels[indices], self.mode)
 
 
+DIGITS_TRAIN = 898  # scikit-learn's digits: the first half trains
+
+
 def build_dataset(cfg: DataConfig, split: str) -> ImageDataset:
     """The data set named by `cfg` for one split, subset as configured."""
     if split not in SPLITS:
@@ -164,7 +167,7 @@ def build_dataset(cfg: DataConfig, split: str) -> ImageDataset:
     if len(cfg.mean) != cfg.channels or len(cfg.std) != cfg.channels:
         raise UserError(f"data.mean and data.std need {cfg.channels} values (one per channel)")
     loaders = {"fashion-mnist": _fashion_mnist, "cifar10": _cifar, "cifar100": _cifar, "stl10": _stl10,
-               "imagefolder": _image_folder, "generated": _generated}
+               "digits": _digits, "imagefolder": _image_folder, "generated": _generated}
     if cfg.name not in loaders:
         raise UserError(f"unknown data set '{cfg.name}'; choose one of: {', '.join(loaders)}")
     dataset = loaders[cfg.name](cfg, split, "L" if cfg.channels == 1 else "RGB")
@@ -234,6 +237,18 @@ def _cifar(cfg: DataConfig, split: str, mode: str) -> ImageDataset:
 
     data = _torchvision(CIFAR10 if cfg.name == "cifar10" else CIFAR100, cfg, train=split != "test")
     return ArrayImages(cfg.name, split, data.data, np.array(data.targets), mode)
+
+
+def _digits(cfg: DataConfig, split: str, mode: str) -> ImageDataset:
+    """scikit-learn's handwritten digits (UCI, 1,797 images of 8 x 8 pixels in 17 grey levels), shipped with the
+    package, so available offline; the first 898 images train, the other 899 test (the split of scikit-learn's own
+    digits example)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = np.rint(digits.images * (255 / 16)).astype(np.uint8)  # (1797, 8, 8), 0..16 -> 0..255
+    part = slice(DIGITS_TRAIN, None) if split == "test" else slice(0, DIGITS_TRAIN)
+    return ArrayImages("digits", split, pixels[part], digits.target[part], mode)
 
 
 def _stl10(cfg: DataConfig, split: str, mode: str) -> ImageDataset:

@@ -149,10 +149,11 @@ def _stat(seeds: dict[int, dict], reduce: Callable[[list[float]], float]) -> dic
     return {k: round(float(reduce([seeds[s][k] for s in seeds])), 3) for k in names}
 
 
-def compare_table(summary: dict) -> str:
-    """Markdown: one row per run, mean ± std over seeds for each top-1 accuracy and the training time."""
+def compare_table(summary: dict, columns: list[str] | None = None) -> str:
+    """Markdown: one row per run, mean ± std over seeds of `columns` (default: each top-1 accuracy and the training
+    time)."""
     first = next(iter(summary["runs"].values()))
-    columns = [k for k in first["mean"] if "top-5" not in k]
+    columns = columns or [k for k in first["mean"] if "top-5" not in k]
     lines = ["| run | method | seeds | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 3)]
     for name, run in summary["runs"].items():
         cells = [f"{run['mean'][k]:.1f} ± {run['std'][k]:.1f}" if k in run["mean"] else "-" for k in columns]

@@ -47,7 +47,17 @@ from bingo.training import file_digest, git_commit, is_rank_zero, machine_info, 
 from bingo.zoo import resolve_checkpoint
 
 log = logging.getLogger("bingo")
-SHOWN = ("kNN@10 top-1", "kNN@200 top-1", "linear top-1", "semi 1% top-1", "semi 10% top-1", "train wall time (s)")
+SHOWN = ("kNN@10 top-1", "kNN@200 top-1", "linear top-1", "linear top-5", "semi 1% top-1", "semi 10% top-1",
+         "transfer", "train wall time (s)")  # "transfer": each transfer data set's top-1
+
+
+def shown_columns(rows: list[dict]) -> list[str]:
+    """The SHOWN columns that any of `rows` (metric -> value) holds, in SHOWN's order."""
+    present = dict.fromkeys(key for row in rows for key in row)
+    expanded = [key for column in SHOWN for key in
+                ([k for k in present if k.startswith("transfer ") and k.endswith(" top-1")] if column == "transfer"
+                 else [column])]
+    return [key for key in expanded if key in present]
 
 
 def run_repro(cfg: Config, out: Path, tables: list[str] | None = None, resume: bool = False,
@@ -315,7 +325,8 @@ def table_chart(summary: dict, references: dict[str, dict], path: Path) -> None:
     metric's colour). Right: accuracy against training time. Legends outside the data."""
     plt = pyplot()
     runs = summary["runs"]
-    metrics = [m for m in SHOWN if "top-1" in m and all(m in run["mean"] for run in runs.values())]
+    metrics = [m for m in shown_columns([run["mean"] for run in runs.values()])
+               if "top-1" in m and all(m in run["mean"] for run in runs.values())]
     figure, (bars, times) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [3, 2]})
     width = 0.8 / len(metrics)
     for i, metric in enumerate(metrics):
@@ -421,10 +432,8 @@ def _number(value: float | None, spec: str) -> str:
 
 def table_markdown(summary: dict, references: dict[str, dict]) -> str:
     """One table: mean ± std over seeds of the shown accuracies and training time; the references' rows below."""
-    columns = [k for k in SHOWN if any(k in run["mean"] for run in summary["runs"].values())]
-    text = compare_table({**summary, "runs": {name: {**run, "mean": {k: run["mean"][k] for k in columns
-                                                                      if k in run["mean"]}}
-                                              for name, run in summary["runs"].items()}})
+    columns = shown_columns([run["mean"] for run in summary["runs"].values()])
+    text = compare_table(summary, columns)
     methods = {"teacher": "moco", "raw pixels": "-", "random student": "-"}
     for name, row in references.items():
         if any(k in row for k in columns):
