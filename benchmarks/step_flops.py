@@ -17,30 +17,16 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from bingo.config import load_config  # noqa: E402
-from bingo.methods import METHODS, build_method  # noqa: E402
-from bingo.methods.base import Method  # noqa: E402
-from bingo.models.encoder import Encoder  # noqa: E402
+from bingo.methods import METHODS  # noqa: E402
+from bingo.methods.flops import step_flops_per_sample  # noqa: E402
 
 
 def step_flops(method: str, preset: str, batch: int) -> float:
     """Counted FLOPs of one training step of `method` on `batch` samples, per sample."""
-    cfg = load_config(preset, None, [f"distill.method={method}", "distill.bingo.warmup_epochs=0"])
-    torch.manual_seed(0)
-    student, teacher = Encoder(cfg.student, cfg.data.channels), Encoder(cfg.teacher, cfg.data.channels)
-    module = build_method(cfg, student, None if method == "moco" else teacher, {})
-    module.train()
-    size = cfg.data.image_size
-    views = [torch.randn(batch, cfg.data.channels, size, size) for _ in range(module.views.count)]
-    extra = (torch.arange(batch).flip(0),) if module.views.needs_bags else ()
-    with FlopCounterMode(display=False) as counter:
-        module.training_step((views, torch.zeros(batch, dtype=torch.long), torch.arange(batch), *extra), 0).backward()
-    return counter.get_total_flops() / batch
+    return step_flops_per_sample(load_config(preset, None, [f"distill.method={method}"]), batch)
 
 
 def main() -> None:
@@ -49,7 +35,6 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     args = parser.parse_args()
-    Method.log_terms = lambda self, terms, batch_size: None  # logging needs a Trainer; nothing to count there
     flops = {method: step_flops(method, args.preset, args.batch) for method in args.methods}
     epochs = load_config(args.preset).distill.optim.epochs
     print(f"| method | GFLOP per sample (forward + backward) | relative to MoCo-v2 | epochs at BINGO's "

@@ -52,6 +52,8 @@ def test_tables_share_runs_and_resume_in_parts(tmp_path, capsys, bingo_logger_gu
         ("the teacher beats bingo", "linear top-1"), ("the teacher beats bingo", "kNN@10 top-1")]
     assert report["teacher"]["linear top-1"] == pytest.approx(report["claims"][2]["better_mean"], abs=0.01)
     assert list(report["references"]) == ["teacher", "raw pixels", "random student"]
+    assert set(report["flops"]) == {"moco", "bingo"} and report["flops"]["bingo"] > 2 * report["flops"]["moco"] > 0
+    assert report["tables"]["main"]["runs"]["bingo"]["mean"]["train TFLOP (counted)"] == report["flops"]["bingo"]
     assert report["references"]["teacher"] == report["teacher"]
     page = (out / "results.md").read_text()
     assert page.startswith("# Results: the paper's tables in miniature\n\nWhat this page is.\n\n"

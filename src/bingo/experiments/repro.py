@@ -30,12 +30,14 @@ from pathlib import Path
 import numpy as np
 
 from bingo.config import Config, load_config
+from bingo.data.datasets import build_dataset
 from bingo.errors import UserError
 from bingo.experiments import compare
 from bingo.experiments.compare import Evaluation, compare_table, eval_folder, summarise, train_and_evaluate, train_run
 from bingo.experiments.plans import BagSpec, ReproPlan, RunSpec, TableSpec
 from bingo.experiments.stats import holm, paired_comparison
 from bingo.methods import needs_teacher
+from bingo.methods.flops import step_flops_per_sample
 from bingo.models.checkpoints import load_encoder
 from bingo.plots import pyplot, save_figure
 from bingo.report import flat_metrics
@@ -48,7 +50,8 @@ from bingo.zoo import resolve_checkpoint
 
 log = logging.getLogger("bingo")
 SHOWN = ("kNN@10 top-1", "kNN@200 top-1", "linear top-1", "linear top-5", "semi 1% top-1", "semi 10% top-1",
-         "transfer", "train wall time (s)")  # "transfer": each transfer data set's top-1
+         "transfer", "train wall time (s)", "train TFLOP (counted)")  # "transfer": each transfer set's top-1
+FLOPS = SHOWN[-1]
 
 
 def shown_columns(rows: list[dict]) -> list[str]:
@@ -284,8 +287,22 @@ def write_report(cfg: Config, plan: ReproPlan, out: Path, references: dict[str, 
     report = {"machine": machine_info(), "seeds": list(cfg.compare.seeds), "teacher": references.get("teacher"),
               "references": references, "tables": summaries, "parts": parts,
               "wall_time_s": round(sum(p["wall_time_s"] for p in parts), 1), "compute_s": compute_seconds(out),
-              "intro": plan.intro}
+              "intro": plan.intro, "flops": counted_flops(cfg, plan, summaries)}
     return render_report(plan, report, out)
+
+
+def counted_flops(cfg: Config, plan: ReproPlan, summaries: dict[str, dict]) -> dict[str, float]:
+    """Each shown run's counted training arithmetic in TFLOP: its step's FLOPs per sample (methods.flops) times the
+    samples of an epoch times its epochs (the same under every teacher: RUN@TEACHER counts as RUN)."""
+    images = len(build_dataset(cfg.data, "train"))
+    names = dict.fromkeys(row.split("@")[0] for summary in summaries.values() for row in summary["runs"])
+    flops = {}
+    for name in names:
+        spec = plan.runs[name]
+        run = load_config(None, None, [f"distill.method={spec.method}", *spec.overrides], stage="distill",
+                          base=copy.deepcopy(cfg))
+        flops[name] = float(f"{step_flops_per_sample(run) * images * run.distill.optim.epochs / 1e12:.4g}")
+    return flops
 
 
 REPORT_KEYS = ("machine", "seeds", "teacher", "tables", "parts", "wall_time_s", "compute_s")  # what a page is made of
@@ -296,7 +313,12 @@ def render_report(plan: ReproPlan, report: dict, out: Path) -> dict:
     references = report.get("references") or ({"teacher": report["teacher"]} if report["teacher"] else {})
     report = {key: report[key] for key in REPORT_KEYS} | {"references": references, "metrics": list(plan.metrics),
                                                          "claims": judge(plan, report["tables"], references),
-                                                         "intro": report.get("intro", "")}
+                                                         "intro": report.get("intro", ""),
+                                                         "flops": report.get("flops", {})}
+    for summary in report["tables"].values():  # the counted arithmetic beside the wall time, one value per run
+        for name, run in summary["runs"].items():
+            if name.split("@")[0] in report["flops"]:
+                run["mean"][FLOPS], run["std"][FLOPS] = report["flops"][name.split("@")[0]], 0.0
     out.mkdir(parents=True, exist_ok=True)
     write_results(out, report)
     for table, summary in report["tables"].items():
