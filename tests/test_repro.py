@@ -156,6 +156,10 @@ def test_a_table_of_teachers_trains_each_run_under_each_teacher(tmp_path, bingo_
     moco = statistics.mean(s["linear top-1"] for s in summary["runs"]["moco"]["seeds"].values())
     lead = summary["teachers"]["short"]["linear top-1"] - moco
     assert f"| short | {summary['teachers']['short']['linear top-1']:.1f} | {lead:+.1f} | " in text
+    pieces = [f for f in out.rglob("results.json") if f.relative_to(out).parts[0] in
+              {"teacher", "teachers", "bags", "runs", "references"}]  # every training, bag file and evaluation
+    assert len([f for f in pieces if short in f.parents]) == 7  # teacher, its evaluation, bags, 2 x (run, eval)
+    assert report["compute_s"] == pytest.approx(sum(read_json(f).get("wall_time_s", 0) for f in pieces), abs=0.2)
     assert (out / "results" / "graded-gain.png").read_bytes()[:4] == b"\x89PNG"
     assert "![graded: gain against the teacher's lead](results/graded-gain.png)" in text
 

@@ -270,9 +270,11 @@ def log_part(out: Path, command: str, table: str, seconds: float) -> None:
 
 
 def compute_seconds(out: Path) -> float:
-    """The wall time of every piece OUT holds: teacher, references, bags, trainings and evaluations (reused ones
+    """The wall time of every piece OUT holds: teachers, references, bags, trainings and evaluations (reused ones
     once)."""
-    pieces = [out / "teacher", *(out / "bags").glob("*"), *(out / "runs").glob("*/seed-*")]
+    pieces = [root / "teacher" for root in (out, *(out / "teachers").glob("*"))]
+    pieces += [*out.glob("bags/*"), *out.glob("runs/*/seed-*"), *out.glob("teachers/*/bags/*"),
+               *out.glob("teachers/*/runs/*/seed-*")]
     files = [f for piece in pieces for f in [piece / "results.json", *piece.glob("eval/*/results.json")]]
     files += list((out / "references").glob("*/*/results.json"))
     return round(sum(json.loads(f.read_text()).get("wall_time_s", 0.0) for f in files if f.exists()), 1)
