@@ -112,3 +112,19 @@ def test_a_folder_without_run_record_is_refused(tmp_path):
     (folder / "config.yaml").write_text("seed: 0\n")
     with pytest.raises(UserError, match="holds a run made by an older bingo or another command"):
         open_run(folder, artifact(), resume=True)
+
+
+@pytest.mark.parametrize("key,changes", [  # a setting, and whether it changes an evaluation by these protocols
+    ("eval.transfer.name=digits", {("knn", "linear"): False, ("transfer",): True}),
+    ("eval.knn_k=[3]", {("linear",): False, ("knn",): True}),
+    ("eval.linear.epochs=7", {("knn",): False, ("linear",): True, ("transfer",): True}),
+    ("eval.semi.epochs=3", {("knn", "linear"): False, ("semi",): True}),
+    ("seed=3", {("knn",): True, ("semi",): True}),
+])
+def test_an_evaluation_depends_on_the_settings_its_protocols_read(key, changes):
+    from bingo.stages.evaluate import evaluation_artifact
+
+    for protocols, changed in changes.items():
+        digests = {evaluation_artifact(tiny_config(*extra), "m", "student", protocols).digest
+                   for extra in ((), (key,))}
+        assert (len(digests) == 2) == changed, (key, protocols)

@@ -17,11 +17,19 @@ from bingo.store import Artifact, defining_settings, finish_run, open_run, start
 log = logging.getLogger("bingo")
 
 
+# evaluation settings that only some protocols read: an evaluation by other protocols does not depend on them
+READ_BY = {"eval.knn_k": {"knn"}, "eval.knn_temperature": {"knn"}, "eval.linear": {"linear", "transfer"},
+           "eval.semi": {"semi"}, "eval.transfer": {"transfer"}}
+
+
 def evaluation_artifact(cfg: Config, model: str, network: str, protocols: tuple[str, ...]) -> Artifact:
-    """An evaluation of `model` (its identity) by `protocols`: defined by the evaluation and data settings, the
-    seed, and the model's network section (`network`: student | teacher; what a random network is built from)."""
-    return Artifact("eval", RESULTS_FILE, defining_settings(cfg, ("seed", "data", "eval", network),
-                                                            {"model": model, "protocols": list(protocols)}))
+    """An evaluation of `model` (its identity) by `protocols`: defined by the evaluation settings those protocols
+    read, the data settings, the seed, and the model's network section (`network`: student | teacher; what a random
+    network is built from)."""
+    settings = defining_settings(cfg, ("seed", "data", "eval", network), {"model": model, "protocols": list(protocols)})
+    unread = [prefix for prefix, readers in READ_BY.items() if not readers & set(protocols)]
+    return Artifact("eval", RESULTS_FILE, {key: value for key, value in settings.items()
+                                           if not any(key == p or key.startswith(f"{p}.") for p in unread)})
 
 
 def run_eval(cfg: Config, out: Path, model: str, protocols: tuple[str, ...] = ("knn", "linear"),
