@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -257,6 +258,10 @@ MOCO = {"method": "moco"}  # a run of the plan
       "tables": {"t": {"runs": ["a"]}}}, "repro.teachers.x: a checkpoint is used as it is"),
     ({"teachers": {"x": {"preset": "nope"}}, "runs": {"a": MOCO}, "tables": {"t": {"runs": ["a"]}}},
      "repro.teachers.x: unknown preset 'nope'"),
+    ({"teachers": {"x": {"checkpoint": "missing.safetensors"}}, "runs": {"a": MOCO}, "tables": {"t": {"runs": ["a"]}}},
+     "repro.teachers.x: checkpoint missing.safetensors does not exist"),
+    ({"teachers": {"x": {"checkpoint": "zoo:nope"}}, "runs": {"a": MOCO}, "tables": {"t": {"runs": ["a"]}}},
+     "repro.teachers.x: no model 'nope' in bingo's zoo"),
     ({"teachers": {"x@y": {}}, "runs": {"a": MOCO}, "tables": {"t": {"runs": ["a"]}}},
      "repro.teachers.x@y: a teacher's name cannot hold '@'"),
     ({"teachers": {"x": {"epochs": 2}}, "runs": {"a": MOCO}, "tables": {"t": {"runs": ["a"]}}},
@@ -295,3 +300,4 @@ def test_a_table_shows_top5_and_each_transfer_set_beside_the_top1_accuracies():
     assert text.splitlines()[0] == ("| run | method | seeds | kNN@10 top-1 | linear top-1 | linear top-5 | "
                                     "transfer digits top-1 | train wall time (s) |")
     assert text.splitlines()[-1] == "| raw pixels (reference) | - | 1 | - | 80.0 | - | 95.0 | - |"
+

@@ -7,11 +7,13 @@ The config keeps them as the YAML a user writes (`compare.runs`, `repro.*`); `co
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bingo.config import CompareConfig, ReproConfig, preset_names
 from bingo.errors import UserError
 from bingo.methods import METHODS
+from bingo.zoo import resolve_checkpoint
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,14 @@ def _teacher(name: str, spec: Any) -> TeacherSpec:
     if "checkpoint" in spec and set(spec) - {"checkpoint"}:
         raise UserError(f"{where}: a checkpoint is used as it is; drop preset and set, or drop checkpoint to "
                         "pretrain this teacher")
+    if "checkpoint" in spec:
+        try:
+            path = Path(resolve_checkpoint(spec["checkpoint"]))
+        except UserError as err:  # a zoo name that is not shipped, or a damaged zoo file
+            raise UserError(f"{where}: {err}") from None
+        if not path.is_file():
+            raise UserError(f"{where}: checkpoint {spec['checkpoint']} does not exist; give an encoder file or "
+                            "zoo:NAME (bingo zoo list)")
     if "@" in name:
         raise UserError(f"{where}: a teacher's name cannot hold '@' (rows are named RUN@TEACHER)")
     if spec.get("preset", "demo") not in preset_names():
