@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -300,3 +301,13 @@ def test_a_table_shows_top5_and_each_transfer_set_beside_the_top1_accuracies():
                                     "transfer digits top-1 | train wall time (s) |")
     assert text.splitlines()[-1] == "| raw pixels (reference) | - | 1 | - | 80.0 | - | 95.0 | - |"
 
+
+
+def test_the_published_page_is_what_bingo_repro_writes_from_the_published_data(tmp_path, bingo_logger_guard):
+    """docs/results.md is `bingo repro --report --from docs/results.json` verbatim: anyone can check the page against
+    its data, and a change of the plan's claims or of the renderer that is not re-rendered there fails here."""
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    assert main(["repro", "--report", "--from", str(docs / "results.json"), "--out", str(tmp_path / "page")]) == 0
+    assert (tmp_path / "page" / "results.md").read_text() == (docs / "results.md").read_text()
+    assert sorted(p.name for p in (tmp_path / "page" / "results").glob("*.png")) == \
+        sorted(p.name for p in (docs / "results").glob("*.png"))

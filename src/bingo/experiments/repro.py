@@ -346,7 +346,8 @@ def read_report(path: Path) -> dict:
 
 def table_chart(summary: dict, references: dict[str, dict], path: Path) -> None:
     """Left: each run's accuracies (mean ± std over seeds) from zero, the references as lines (one style each, the
-    metric's colour). Right: accuracy against training time. Legends outside the data."""
+    metric's colour). Right: accuracy against training cost (counted FLOPs, else wall time). Legends outside the
+    data."""
     plt = pyplot()
     runs = summary["runs"]
     metrics = [m for m in shown_columns([run["mean"] for run in runs.values()])
@@ -365,12 +366,13 @@ def table_chart(summary: dict, references: dict[str, dict], path: Path) -> None:
     bars.set_ylim(0, 100)
     bars.set_ylabel("accuracy (%)")
     bars.legend(fontsize=6, loc="upper left", bbox_to_anchor=(0, -0.35), ncols=3, frameon=False)
-    metric, clock = metrics[-1], "train wall time (s)"
+    counted = all(FLOPS in run["mean"] for run in runs.values())  # the cost that does not depend on the machine
+    metric, clock, scale = metrics[-1], *((FLOPS, 1) if counted else ("train wall time (s)", 60))
     for i, (name, run) in enumerate(runs.items()):
         if clock in run["mean"]:
-            times.errorbar(run["mean"][clock] / 60, run["mean"][metric], yerr=run["std"][metric],
-                           xerr=run["std"][clock] / 60, fmt="o", capsize=3, color=f"C{i % 10}", label=name)
-    times.set_xlabel("training time per run (min)")
+            times.errorbar(run["mean"][clock] / scale, run["mean"][metric], yerr=run["std"][metric],
+                           xerr=run["std"][clock] / scale, fmt="o", capsize=3, color=f"C{i % 10}", label=name)
+    times.set_xlabel("training arithmetic per run (TFLOP, counted)" if counted else "training time per run (min)")
     times.set_ylabel(metric + " (%)")
     times.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     figure.suptitle(f"mean ± std over {len(summary['seeds'])} seeds", fontsize=9)
