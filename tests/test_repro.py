@@ -311,3 +311,17 @@ def test_the_published_page_is_what_bingo_repro_writes_from_the_published_data(t
     assert (tmp_path / "page" / "results.md").read_text() == (docs / "results.md").read_text()
     assert sorted(p.name for p in (tmp_path / "page" / "results").glob("*.png")) == \
         sorted(p.name for p in (docs / "results").glob("*.png"))
+
+
+def test_a_table_of_teachers_without_a_run_free_of_them_shows_no_gains():
+    from bingo.experiments.repro import has_gains, teacher_gains
+
+    seeds = {"0": {"linear top-1": 70.0}, "1": {"linear top-1": 72.0}}
+    only_teachers = {"runs": {"bingo@a": {"seeds": seeds}}, "teachers": {"a": {"linear top-1": 80.0}}}
+    assert not has_gains(only_teachers) and teacher_gains(only_teachers, "linear top-1") == (None, [])
+    with_baseline = {**only_teachers, "runs": {"moco": {"seeds": {"0": {"linear top-1": 60.0},
+                                                                  "1": {"linear top-1": 61.0}}},
+                                               "bingo@a": {"seeds": seeds}}}
+    baseline, (gain,) = teacher_gains(with_baseline, "linear top-1")
+    assert has_gains(with_baseline) and baseline == "moco"
+    assert (gain["run"], gain["lead"], gain["difference"]) == ("bingo", 19.5, 10.5)

@@ -40,8 +40,7 @@ def run_configs(cfg: Config, runs: dict[str, RunSpec] | None = None) -> dict[str
 def run_config(cfg: Config, spec: RunSpec, extra: tuple[str, ...] = (), section: str = "compare.runs") -> Config:
     """The shared config with one run's method, `extra` overrides and its own, checked for what it needs."""
     where = f"{section}.{spec.name}"
-    run = load_config(None, None, [f"distill.method={spec.method}", *extra, *spec.overrides], stage="distill",
-                      base=copy.deepcopy(cfg))
+    run = run_settings(cfg, spec, extra)
     if needs_teacher(run) and not run.teacher.checkpoint:
         raise UserError(f"{where} ({spec.method}) distils from a teacher: pass --teacher FILE")
     if spec.method == "bingo" and not run.distill.bags:
@@ -49,6 +48,12 @@ def run_config(cfg: Config, spec: RunSpec, extra: tuple[str, ...] = (), section:
     if "csv" not in run.trainer.loggers:
         run.trainer.loggers = [*run.trainer.loggers, "csv"]  # the loss curves come from the CSV logs
     return run
+
+
+def run_settings(cfg: Config, spec: RunSpec, extra: tuple[str, ...] = ()) -> Config:
+    """The shared config with one run's method, `extra` overrides and its own, unchecked."""
+    return load_config(None, None, [f"distill.method={spec.method}", *extra, *spec.overrides], stage="distill",
+                       base=copy.deepcopy(cfg))
 
 
 def run_compare(cfg: Config, out: Path, resume: bool = False) -> dict:

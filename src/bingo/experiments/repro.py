@@ -297,14 +297,17 @@ def counted_flops(cfg: Config, plan: ReproPlan, summaries: dict[str, dict]) -> d
     """Each shown run's counted training arithmetic in TFLOP: its step's FLOPs per sample (methods.flops) times the
     samples of an epoch times its epochs (the same under every teacher: RUN@TEACHER counts as RUN)."""
     images = len(build_dataset(cfg.data, "train"))
-    names = dict.fromkeys(row.split("@")[0] for summary in summaries.values() for row in summary["runs"])
+    names = dict.fromkeys(run_of(row) for summary in summaries.values() for row in summary["runs"])
     flops = {}
     for name in names:
-        spec = plan.runs[name]
-        run = load_config(None, None, [f"distill.method={spec.method}", *spec.overrides], stage="distill",
-                          base=copy.deepcopy(cfg))
+        run = compare.run_settings(cfg, plan.runs[name])
         flops[name] = float(f"{step_flops_per_sample(run) * images * run.distill.optim.epochs / 1e12:.4g}")
     return flops
+
+
+def run_of(row: str) -> str:
+    """The run of a table row: RUN@TEACHER (a run under one of a table's teachers) or RUN."""
+    return row.split("@")[0]
 
 
 REPORT_KEYS = ("machine", "seeds", "teacher", "tables", "parts", "wall_time_s", "compute_s")  # what a page is made of
@@ -319,13 +322,13 @@ def render_report(plan: ReproPlan, report: dict, out: Path) -> dict:
                                                          "flops": report.get("flops", {})}
     for summary in report["tables"].values():  # the counted arithmetic beside the wall time, one value per run
         for name, run in summary["runs"].items():
-            if name.split("@")[0] in report["flops"]:
-                run["mean"][FLOPS], run["std"][FLOPS] = report["flops"][name.split("@")[0]], 0.0
+            if run_of(name) in report["flops"]:
+                run["mean"][FLOPS], run["std"][FLOPS] = report["flops"][run_of(name)], 0.0
     out.mkdir(parents=True, exist_ok=True)
     write_results(out, report)
     for table, summary in report["tables"].items():
         table_chart(summary, references, out / "results" / f"{table}.png")
-        if summary.get("teachers"):
+        if has_gains(summary):
             gain_chart(summary, plan.metrics, out / "results" / f"{table}-gain.png")
     (out / "results.md").write_text(report_markdown(plan, report))
     return report
@@ -401,7 +404,7 @@ def report_markdown(plan: ReproPlan, report: dict) -> str:
         spec = plan.tables[table]
         lines += ["", f"## {spec.title or table}", "", table_markdown(summary, report["references"]), "",
                   f"![{table}](results/{table}.png)"]
-        if summary.get("teachers"):
+        if has_gains(summary):
             lines += ["", GAIN_RULE, "", *(gain_markdown(summary, metric) for metric in plan.metrics),
                       f"![{table}: gain against the teacher's lead](results/{table}-gain.png)"]
         if spec.note:
@@ -473,11 +476,18 @@ GAIN_RULE = ("Each teacher's lead is its accuracy minus the baseline's (the row 
              "interval.")
 
 
-def teacher_gains(summary: dict, metric: str) -> tuple[str, list[dict]]:
+def has_gains(summary: dict) -> bool:
+    """Whether a table shows gains over a baseline: it has teachers and a row that none of them trains."""
+    return bool(summary.get("teachers")) and any("@" not in name for name in summary["runs"])
+
+
+def teacher_gains(summary: dict, metric: str) -> tuple[str | None, list[dict]]:
     """The baseline row (the first that no teacher trains) and, per teacher and row under it: the teacher's lead
-    over the baseline on `metric` and the row's paired gain over the baseline."""
+    over the baseline on `metric` and the row's paired gain over the baseline (none without a baseline)."""
     runs = summary["runs"]
-    baseline = next(name for name in runs if "@" not in name)
+    baseline = next((name for name in runs if "@" not in name), None)
+    if baseline is None:
+        return None, []
     base_seeds = {seed: values[metric] for seed, values in runs[baseline]["seeds"].items() if metric in values}
     gains = []
     for teacher, accuracy in summary["teachers"].items():
@@ -485,7 +495,7 @@ def teacher_gains(summary: dict, metric: str) -> tuple[str, list[dict]]:
             if name.endswith(f"@{teacher}") and metric in accuracy:
                 seeds = {seed: values[metric] for seed, values in run["seeds"].items() if metric in values}
                 gain = paired_comparison(seeds, base_seeds)
-                gains.append({"teacher": teacher, "run": name.split("@")[0], "teacher_value": accuracy[metric],
+                gains.append({"teacher": teacher, "run": run_of(name), "teacher_value": accuracy[metric],
                               "lead": accuracy[metric] - float(np.mean(list(base_seeds.values()))),
                               **{key: _rounded(getattr(gain, key)) for key in ("difference", "low", "high")}})
     return baseline, gains
