@@ -26,7 +26,7 @@ from kornia.enhance import (
 )
 from kornia.filters import gaussian_blur2d
 from torch import nn
-from torchvision.ops import roi_align
+from torch.nn import functional as F
 
 from bingo.config import AugmentConfig, DataConfig
 
@@ -40,6 +40,22 @@ JITTER_OPS = (adjust_brightness_accumulative, adjust_contrast_with_mean_subtract
 def blur_kernel_size(image_size: int) -> int:
     """Odd Gaussian-blur kernel of about 10% of the image side (SimCLR, arXiv 2002.05709, Appendix A)."""
     return max(3, image_size // 10 * 2 + 1)
+
+
+def resized_crops(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Each image's crop box resized to (size, size), bilinear: (B, C, H, W), (B, 4) -> (B, C, size, size).
+
+    A box (x0, y0, x1, y1) holds inclusive pixel indices; the crop is sampled at the output pixels'
+    centres, as torchvision's resize does (without antialiasing), the image's border repeated outside.
+    """
+    height, width = images.shape[-2:]
+    centres = (torch.arange(size, device=boxes.device, dtype=boxes.dtype) + 0.5) / size  # (S,) in [0, 1]
+    low, extent = boxes[:, :2], boxes[:, 2:] + 1 - boxes[:, :2]  # (B, 2) x, y: pixel edges
+    pixels = low.unsqueeze(1) + centres.view(1, -1, 1) * extent.unsqueeze(1) - 0.5  # (B, S, 2) pixel coordinates
+    grid = (2 * pixels + 1) / torch.tensor([width, height], device=boxes.device, dtype=boxes.dtype) - 1  # [-1, 1]
+    xs, ys = grid[..., 0], grid[..., 1]  # (B, S) each
+    grid = torch.stack(torch.broadcast_tensors(xs.unsqueeze(1), ys.unsqueeze(2)), -1)  # (B, S, S, 2): x, y
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 class BatchAugment(nn.Module):
@@ -78,11 +94,7 @@ class BatchAugment(nn.Module):
     @torch.no_grad()
     def apply(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """The views `params` (B, PARAMS) describe, of uint8 `images` (B, C, H, W): normalised (B, C, S, S)."""
-        # (B, 5) regions (image, x0, y0, x1, y1) with pixel-edge coordinates: the box holds inclusive pixel indices
-        regions = torch.cat([torch.arange(len(params), device=params.device, dtype=params.dtype).unsqueeze(1),
-                             params[:, BOX.start:BOX.start + 2], params[:, BOX.start + 2:BOX.stop] + 1], 1)
-        # bilinear resize of each crop, sampled at the output pixels' centres as torchvision's resize does
-        views = roi_align(images.float().div_(255), regions, self.size, sampling_ratio=1, aligned=True)
+        views = resized_crops(images.float().div_(255), params[:, BOX], self.size)
         views = self._jitter(views.clamp_(0, 1), params)
         gray = params[:, GRAY].bool()
         if gray.any():
