@@ -325,3 +325,31 @@ def test_a_table_of_teachers_without_a_run_free_of_them_shows_no_gains():
     baseline, (gain,) = teacher_gains(with_baseline, "linear top-1")
     assert has_gains(with_baseline) and baseline == "moco"
     assert (gain["run"], gain["lead"], gain["difference"]) == ("bingo", 19.5, 10.5)
+
+
+OTHER_STUDENT = """
+repro:
+  runs:
+    moco: {}
+    moco-wide: {method: moco, set: [student.width=16]}
+  tables:
+    main: {title: "Main", runs: [moco]}
+    wide: {title: "Wide", runs: [moco-wide]}
+"""
+
+
+def test_a_table_of_another_student_is_read_against_that_student_with_random_weights(tmp_path, bingo_logger_guard):
+    plan, out = tmp_path / "plan.yaml", tmp_path / "repro"
+    plan.write_text(OTHER_STUDENT)
+    assert main(repro_args(out, plan, "--tables", "main", "wide")) == 0
+    report = read_json(out / "results.json")
+    assert "references" not in report["tables"]["main"]  # the plan's student: the plan's references
+    own = report["tables"]["wide"]["references"]["random student"]
+    plans = report["references"]["random student"]
+    assert own != plans and (out / "references" / "random-student-resnet18-width-16").is_dir()
+    settings = read_json(next((out / "references" / "random-student-resnet18-width-16").glob("*/run.json")))
+    assert settings["settings"]["student.width"] == 16
+    page = (out / "results.md").read_text()
+    main_table, wide_table = page.split("## Main")[1].split("## Wide")
+    for table, row in ((main_table, plans), (wide_table, own)):  # kNN@10 top-1, then linear top-1
+        assert f"| random student (reference) | - | 1 | {row['kNN@10 top-1']:.1f} | {row['linear top-1']:.1f} |" in table

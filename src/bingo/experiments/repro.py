@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bingo.config import Config, load_config
+from bingo.config import Config, ModelConfig, load_config
 from bingo.data.datasets import build_dataset
 from bingo.errors import UserError
 from bingo.experiments import compare
@@ -189,10 +189,38 @@ def run_table(cfg: Config, plan: ReproPlan, out: Path, table: TableSpec) -> dict
         return None
     summary = summarise({row: run for row, (run, _) in rows.items()}, per_run, cfg.compare.seeds, protocols,
                         {row: folder for row, (_, folder) in rows.items()}, out / "tables" / table.name)
-    if teachers:
-        summary["teachers"] = teachers
+    own = own_random_student(cfg, plan, out, [run for run, _ in rows.values()])
+    if teachers or own:
+        summary |= ({"teachers": teachers} if teachers else {}) | ({"references": own} if own else {})
         write_results(out / "tables" / table.name, summary)
     return summary
+
+
+def own_random_student(cfg: Config, plan: ReproPlan, out: Path, runs: list[Config]) -> dict[str, dict]:
+    """{'random student': accuracies} of the table's own student with random weights, when every run of the table
+    trains the same student backbone and it is not the plan's (another architecture, width or stem); else {}."""
+    student = runs[0].student
+    backbones = {backbone(run.student) for run in runs}
+    if len(backbones) > 1 or backbones == {backbone(cfg.student)}:
+        return {}
+    run_cfg = copy.deepcopy(cfg)
+    run_cfg.student = copy.deepcopy(student)
+    folder = out / "references" / slug(f"random student {student.arch} width {student.width}") / \
+        eval_folder(plan.teacher_protocols)
+    results = evaluate_once(run_cfg, folder, f"random student ({student.arch}, width {student.width})",
+                            plan.teacher_protocols, "random-init",
+                            lambda: random_encoder(run_cfg, run_cfg.student, calibrated=False))
+    return {"random student": _reference(results)}
+
+
+def backbone(model: ModelConfig) -> tuple:
+    """What a network's backbone is built from (its head aside): architecture, width, stem width, stem."""
+    return model.arch, model.width, model.stem_width, model.stem
+
+
+def table_references(references: dict[str, dict], summary: dict) -> dict[str, dict]:
+    """The references a table is read against: the plan's, with those the table holds of its own in their place."""
+    return references | summary.get("references", {})
 
 
 def teacher_setting(cfg: Config, plan: ReproPlan, out: Path, name: str | None) -> tuple[Config, Path]:
@@ -327,7 +355,7 @@ def render_report(plan: ReproPlan, report: dict, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     write_results(out, report)
     for table, summary in report["tables"].items():
-        table_chart(summary, references, out / "results" / f"{table}.png")
+        table_chart(summary, table_references(references, summary), out / "results" / f"{table}.png")
         if has_gains(summary):
             gain_chart(summary, plan.metrics, out / "results" / f"{table}-gain.png")
     (out / "results.md").write_text(report_markdown(plan, report))
@@ -402,7 +430,8 @@ def report_markdown(plan: ReproPlan, report: dict) -> str:
                      f"| {c.get('paper', '-') if claim else ''} |")
     for table, summary in report["tables"].items():
         spec = plan.tables[table]
-        lines += ["", f"## {spec.title or table}", "", table_markdown(summary, report["references"]), "",
+        references = table_references(report["references"], summary)
+        lines += ["", f"## {spec.title or table}", "", table_markdown(summary, references), "",
                   f"![{table}](results/{table}.png)"]
         if has_gains(summary):
             lines += ["", GAIN_RULE, "", *(gain_markdown(summary, metric) for metric in plan.metrics),
