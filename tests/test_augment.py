@@ -11,7 +11,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from bingo.config import AugmentConfig, DataConfig
-from bingo.data.augment import BatchAugment
+from bingo.data.augment import BatchAugment, resized_crops
 from bingo.data.transforms import moco_v2_transform
 
 DRAWS = 3000
@@ -127,3 +127,19 @@ def test_views_in_one_call_are_independent_and_in_memory_format():
     assert first.shape == (8, 3, 16, 16) and first.is_contiguous(memory_format=torch.channels_last)
     assert not torch.allclose(first, second)
     assert augment.state_dict() == {}  # nothing of it goes into a checkpoint
+
+
+@pytest.mark.parametrize("size", [12, 24, 40])  # downscaling, the image's own size, upscaling
+def test_crops_are_resized_at_the_output_pixels_centres(size):
+    """The crop samples where torchvision's `roi_align` (aligned, one sample per bin) samples: bilinear at the
+    output pixels' centres; a whole-image crop at the image's size is the image itself."""
+    from torchvision.ops import roi_align
+
+    torch.manual_seed(0)
+    images = torch.rand(64, 3, 24, 31)
+    boxes = BatchAugment(data_config(3, size), AugmentConfig()).draw(64, 24, 31)[:, :4]
+    regions = torch.cat([torch.arange(64.0).unsqueeze(1), boxes[:, :2], boxes[:, 2:] + 1], 1)
+    expected = roi_align(images, regions, size, sampling_ratio=1, aligned=True)
+    torch.testing.assert_close(resized_crops(images, boxes, size), expected, rtol=0, atol=1e-4)
+    square = images[:1, :, :, :24]
+    torch.testing.assert_close(resized_crops(square, torch.tensor([[0.0, 0.0, 23.0, 23.0]]), 24), square)
