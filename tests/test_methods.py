@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -325,3 +327,51 @@ def test_shuffle_bn_computes_batchnorm_over_groups_of_the_shuffled_batch(group, 
     torch.testing.assert_close(outputs, expected)  # each image normalised with its own group's statistics
     if groups > 1:
         assert not torch.allclose(outputs, norm(images), atol=1e-3)  # not the whole batch's
+
+
+def test_split_batchnorm_normalises_each_group_with_its_own_statistics_while_training():
+    """MoCo's SplitBatchNorm: in training, each group of `group` images is normalised by its own statistics and the
+    running statistics move by the groups' mean; in evaluation it is the plain BatchNorm; a checkpoint fits both."""
+    from bingo.methods.queue import SplitBatchNorm2d, split_batchnorm
+
+    torch.manual_seed(0)
+    network = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    plain = copy.deepcopy(network)
+    split_batchnorm(network, 4)
+    assert isinstance(network[1], SplitBatchNorm2d) and network.state_dict().keys() == plain.state_dict().keys()
+    images = torch.randn(12, 3, 6, 6) * torch.arange(1, 13).view(-1, 1, 1, 1)  # groups with different statistics
+    outputs = network.train()(images)
+    groups = [copy.deepcopy(plain).train() for _ in range(3)]
+    expected = torch.cat([g(chunk) for g, chunk in zip(groups, images.split(4), strict=True)])
+    torch.testing.assert_close(outputs, expected)
+    assert not torch.allclose(outputs, copy.deepcopy(plain).train()(images), atol=1e-3)  # not the whole batch's
+    for name in ("running_mean", "running_var"):
+        mean = torch.stack([getattr(g[1], name) for g in groups]).mean(0)
+        torch.testing.assert_close(getattr(network[1], name), mean)
+    plain.load_state_dict(network.state_dict())
+    torch.testing.assert_close(network.eval()(images), plain.eval()(images))
+    outputs.sum().backward()  # gradients flow through every group
+    assert network[0].weight.grad is not None and network[1].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_split_queries_splits_the_students_batchnorm_and_its_momentum_copys(split):
+    from bingo.methods.queue import SplitBatchNorm2d
+
+    module = MoCo(student=tiny_encoder(0), optim=OptimConfig(),
+                  moco=MoCoConfig(queue_size=16, shuffle_bn_group=4, split_queries=split))
+    for network in (module.student, module.key_encoder.encoder):
+        kinds = {type(m) for m in network.modules() if isinstance(m, nn.BatchNorm2d)}
+        assert kinds == ({SplitBatchNorm2d} if split else {nn.BatchNorm2d})
+        assert all(m.group == 4 for m in network.modules() if isinstance(m, SplitBatchNorm2d))
+
+
+def test_split_queries_without_groups_is_refused_in_one_line(tmp_path, capsys):
+    from bingo.cli import main
+    from conftest import tiny_sets
+
+    out = tmp_path / "moco"
+    code = main(["distill", "--method", "moco", "--preset", "demo", "--out", str(out),
+                 *tiny_sets("distill.moco.split_queries=true", "distill.moco.shuffle_bn_group=0")])
+    assert code == 2 and not (out / "student.safetensors").exists()
+    assert "moco.split_queries=true normalises the queries in groups of" in capsys.readouterr().err

@@ -42,12 +42,20 @@ def test_inputs_define_it():
 def test_only_the_methods_own_section_defines_its_student(method):
     changes = ["distill.bingo.temperature=0.7", "distill.seed.student_temperature=0.7",
                "distill.compress.temperature=0.7", "distill.disco.weight=0.7", "distill.simreg.predictor_hidden=7",
-               "distill.moco.temperature=0.7", "distill.moco.shuffle_bn_group=2"]
+               "distill.moco.temperature=0.7", "distill.moco.shuffle_bn_group=2", "distill.moco.split_queries=true"]
     for change in changes:
         key = change.split("=")[0]
         read = any(key == s or key.startswith(f"{s}.") for s in method_settings(method))
         assert (artifact(change, method=method).digest != artifact(method=method).digest) == read, (method, change)
     assert method_settings(method)[3:] and all(s.startswith("distill.") for s in method_settings(method))
+
+
+def test_a_setting_added_later_defines_a_run_only_away_from_what_bingo_did_before_it():
+    """distill.moco.split_queries came after runs were stored: false (keys alone) is what those runs did, so it is
+    left out of their hash and they still count; true is another student."""
+    assert "distill.moco.split_queries" not in artifact().settings
+    assert artifact("distill.moco.split_queries=true").settings["distill.moco.split_queries"] is True
+    assert artifact("distill.moco.split_queries=false").digest == artifact().digest
 
 
 def test_defining_settings_are_flat_dotted_keys_with_inputs():

@@ -101,8 +101,9 @@ class MoCoConfig:
     momentum: float = 0.999  # key encoder EMA
     shuffle_bn_group: int = 0  # shuffle-BN: the key batch of all processes is shuffled, and each process computes its
     # BatchNorm over groups of this many images (0: its whole share, as MoCo on 8 GPUs). On one device, groups
-    # emulate GPUs for the keys only (the queries' BatchNorm stays whole): in the demo it made MoCo-v2 unstable
-    # (docs/methods.md)
+    # emulate GPUs; keys only, it made the demo's MoCo-v2 unstable (docs/methods.md)
+    split_queries: bool = False  # with shuffle_bn_group > 0, the student's (queries') BatchNorm over groups of as many
+    # images too, as MoCo's single-GPU SplitBatchNorm on both encoders; false: the keys' alone
 
 
 @dataclass

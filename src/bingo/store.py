@@ -31,6 +31,11 @@ HOW_NOT_WHAT = ("trainer.progress_bar", "trainer.loggers", "trainer.log_every_n_
                 "bags.features", "distill.bags", "distill.teacher_cache")
 
 
+# settings added after runs were stored, at the value that does what bingo did before them: left out of the hash at
+# that value, so the runs stored before still count
+ADDED_LATER = {"distill.moco.split_queries": False, "pretrain.moco.split_queries": False}
+
+
 @dataclass(frozen=True)
 class Artifact:
     """What a stage makes in a run folder: the stage, its product file and the settings that define it."""
@@ -46,9 +51,11 @@ class Artifact:
 
 
 def defining_settings(cfg: Config, sections: tuple[str, ...], inputs: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The settings under `sections` (dotted prefixes) but those in HOW_NOT_WHAT, with the inputs' identities."""
+    """The settings under `sections` (dotted prefixes) but those in HOW_NOT_WHAT (and those of ADDED_LATER at their
+    earlier behaviour), with the inputs' identities."""
     chosen = {key: value for key, value in flat_settings(cfg).items()
-              if any(key == s or key.startswith(f"{s}.") for s in sections) and key not in HOW_NOT_WHAT}
+              if any(key == s or key.startswith(f"{s}.") for s in sections) and key not in HOW_NOT_WHAT
+              and not (key in ADDED_LATER and value == ADDED_LATER[key])}
     return chosen | {f"input.{name}": value for name, value in (inputs or {}).items()}
 
 

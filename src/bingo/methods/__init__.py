@@ -13,10 +13,12 @@ from bingo.models.encoder import Encoder
 CLASSES: dict[str, type[Method]] = {"moco": MoCo, "seed": Seed, "compress-1q": Compress, "compress-2q": Compress,
                                     "disco": DisCo, "simreg": SimReg, "bingo": Bingo}
 METHODS = tuple(CLASSES)
-SPLITS = "moco.shuffle_bn_group"  # shuffle-BN, for every method that runs a key encoder or teacher with it
-READS: dict[str, tuple[str, ...]] = {"moco": ("moco",), "seed": ("seed", SPLITS), "compress-1q": ("compress", SPLITS),
-                                     "compress-2q": ("compress", SPLITS), "disco": ("moco", "disco"),
-                                     "simreg": ("simreg", SPLITS), "bingo": ("bingo", SPLITS)}  # distill.* sections
+SPLITS = ("moco.shuffle_bn_group", "moco.split_queries")  # shuffle-BN, for every method that runs a key encoder or
+# teacher with it
+READS: dict[str, tuple[str, ...]] = {"moco": ("moco",), "seed": ("seed", *SPLITS),
+                                     "compress-1q": ("compress", *SPLITS), "compress-2q": ("compress", *SPLITS),
+                                     "disco": ("moco", "disco"), "simreg": ("simreg", *SPLITS),
+                                     "bingo": ("bingo", *SPLITS)}  # distill.* sections
 
 
 def method_settings(method: str) -> tuple[str, ...]:
@@ -34,7 +36,7 @@ def build_method(cfg: Config, student: Encoder, teacher: Encoder | None, run_inf
     """The LightningModule of cfg.distill.method, with that method's section of the config."""
     d = cfg.distill
     common = {"student": student, "optim": d.optim, "teacher_bn": d.teacher_bn, "run_info": run_info}
-    splits = {"shuffle_bn_group": d.moco.shuffle_bn_group}
+    splits = {"shuffle_bn_group": d.moco.shuffle_bn_group, "split_queries": d.moco.split_queries}
     builders = {
         "moco": lambda: MoCo(**common, moco=d.moco),
         "seed": lambda: Seed(**common, **splits, teacher=teacher, seed=d.seed),

@@ -12,7 +12,7 @@ from bingo.config import OptimConfig
 from bingo.data.augment import BatchAugment
 from bingo.data.views import ImageViews, ViewPlan
 from bingo.errors import UserError
-from bingo.methods.queue import shuffled_forward
+from bingo.methods.queue import shuffled_forward, split_batchnorm
 from bingo.models.encoder import Encoder
 
 TEACHER_BN_MODES = ("eval", "train")
@@ -38,12 +38,18 @@ class Method(L.LightningModule):
         return self.views.count
 
     def __init__(self, *, student: Encoder, teacher: Encoder | None = None, optim: OptimConfig,
-                 teacher_bn: str = "eval", shuffle_bn_group: int = 0, run_info: dict | None = None):
+                 teacher_bn: str = "eval", shuffle_bn_group: int = 0, split_queries: bool = False,
+                 run_info: dict | None = None):
         super().__init__()
         if teacher_bn not in TEACHER_BN_MODES:
             raise UserError(f"teacher_bn must be one of {TEACHER_BN_MODES}, got '{teacher_bn}'")
         self.student, self.optim, self.teacher = student, optim, teacher
         self.teacher_bn, self.shuffle_bn_group = teacher_bn, shuffle_bn_group
+        if split_queries and shuffle_bn_group <= 0:
+            raise UserError("moco.split_queries=true normalises the queries in groups of moco.shuffle_bn_group images; "
+                            f"set that to the group size (e.g. 32), not {shuffle_bn_group}")
+        if split_queries:  # before any momentum copy of the student is made: it splits too
+            split_batchnorm(student, shuffle_bn_group)
         self.run_info = run_info or {}
         self.augment: BatchAugment | None = None  # set: batches of uint8 images, augmented on the device
         self.memory_format = torch.contiguous_format  # of the images given to the networks (channels_last: NHWC)

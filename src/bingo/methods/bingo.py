@@ -28,12 +28,13 @@ class Bingo(Method):
     uses_teacher_embeddings = True
 
     def __init__(self, *, student: Encoder, teacher: Encoder | None, optim: OptimConfig, bingo: BingoConfig,
-                 teacher_bn: str = "eval", shuffle_bn_group: int = 0, run_info: dict | None = None):
+                 teacher_bn: str = "eval", shuffle_bn_group: int = 0, split_queries: bool = False,
+                 run_info: dict | None = None):
         if bingo.keys not in ("teacher", "momentum"):
             raise UserError(f"distill.bingo.keys must be 'teacher' or 'momentum', not '{bingo.keys}'")
         momentum = bingo.keys == "momentum"
         super().__init__(student=student, teacher=None if momentum else teacher, optim=optim, teacher_bn=teacher_bn,
-                         shuffle_bn_group=shuffle_bn_group, run_info=run_info)
+                         shuffle_bn_group=shuffle_bn_group, split_queries=split_queries, run_info=run_info)
         dim = student.embed_dim
         if teacher is not None and not momentum:
             require_same_dim(dim, teacher.embed_dim, "embedding", "student.embed_dim")

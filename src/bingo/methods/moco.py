@@ -24,7 +24,7 @@ class MoCo(Method):
     def __init__(self, *, student: Encoder, teacher: Encoder | None = None, optim: OptimConfig, moco: MoCoConfig,
                  teacher_bn: str = "eval", run_info: dict | None = None):
         super().__init__(student=student, teacher=teacher, optim=optim, teacher_bn=teacher_bn,
-                         shuffle_bn_group=moco.shuffle_bn_group, run_info=run_info)
+                         shuffle_bn_group=moco.shuffle_bn_group, split_queries=moco.split_queries, run_info=run_info)
         self.moco = moco
         self.key_encoder = MomentumEncoder(student, moco.momentum, moco.shuffle_bn_group)
         self.queue = KeyQueue(moco.queue_size, student.embed_dim)

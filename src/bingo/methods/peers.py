@@ -29,9 +29,10 @@ class Seed(Method):
     uses_teacher_embeddings = True
 
     def __init__(self, *, student: Encoder, teacher: Encoder, optim: OptimConfig, seed: SeedConfig,
-                 teacher_bn: str = "eval", shuffle_bn_group: int = 0, run_info: dict | None = None):
+                 teacher_bn: str = "eval", shuffle_bn_group: int = 0, split_queries: bool = False,
+                 run_info: dict | None = None):
         super().__init__(student=student, teacher=teacher, optim=optim, teacher_bn=teacher_bn,
-                         shuffle_bn_group=shuffle_bn_group, run_info=run_info)
+                         shuffle_bn_group=shuffle_bn_group, split_queries=split_queries, run_info=run_info)
         dim = teacher.embed_dim
         require_same_dim(student.embed_dim, dim, "embedding", "student.embed_dim")
         self.seed_cfg = seed
@@ -61,9 +62,10 @@ class Compress(Method):
     cache_layer = "features"
 
     def __init__(self, *, student: Encoder, teacher: Encoder, optim: OptimConfig, compress: CompressConfig,
-                 banks: int, teacher_bn: str = "eval", shuffle_bn_group: int = 0, run_info: dict | None = None):
+                 banks: int, teacher_bn: str = "eval", shuffle_bn_group: int = 0, split_queries: bool = False,
+                 run_info: dict | None = None):
         super().__init__(student=student, teacher=teacher, optim=optim, teacher_bn=teacher_bn,
-                         shuffle_bn_group=shuffle_bn_group, run_info=run_info)
+                         shuffle_bn_group=shuffle_bn_group, split_queries=split_queries, run_info=run_info)
         self.compress = compress
         self.views = ImageViews(1, weak=compress.weak_view)
         if student.head is not None:
@@ -133,9 +135,10 @@ class SimReg(Method):
     cache_layer = "features"
 
     def __init__(self, *, student: Encoder, teacher: Encoder, optim: OptimConfig, simreg: SimRegConfig,
-                 teacher_bn: str = "eval", shuffle_bn_group: int = 0, run_info: dict | None = None):
+                 teacher_bn: str = "eval", shuffle_bn_group: int = 0, split_queries: bool = False,
+                 run_info: dict | None = None):
         super().__init__(student=student, teacher=teacher, optim=optim, teacher_bn=teacher_bn,
-                         shuffle_bn_group=shuffle_bn_group, run_info=run_info)
+                         shuffle_bn_group=shuffle_bn_group, split_queries=split_queries, run_info=run_info)
         self.views = ImageViews(1, weak=simreg.weak_view)
         self.predictor = simreg_predictor(student.feature_dim, teacher.feature_dim, simreg)
         if student.head is not None:

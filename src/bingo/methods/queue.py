@@ -1,4 +1,4 @@
-"""What the methods share across processes: a key queue gathered from all ranks, and shuffle-BN."""
+"""What the methods share across processes: a key queue gathered from all ranks, and shuffle-BN (split BatchNorm)."""
 
 from __future__ import annotations
 
@@ -69,3 +69,36 @@ def shuffled_forward(encoder: nn.Module, images: torch.Tensor, group: int = 0) -
     outputs = torch.cat([encoder(chunk) for chunk in mine.chunk(splits)])
     restore = torch.argsort(order).view(size, -1)[rank]
     return gather_all(outputs)[restore]
+
+
+class SplitBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d that, while training, normalises its batch in groups of `group` images, each with its own statistics,
+    as GPUs of `group` images would (MoCo's single-GPU SplitBatchNorm); the running statistics move by the groups'
+    mean. The same parameters and buffers as BatchNorm2d: a checkpoint loads into either."""
+
+    group = 0  # images per group; 0: the whole batch
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W), normalised per group of `group` images while training."""
+        if not self.training or self.group <= 0 or len(images) <= self.group or self.running_mean is None:
+            return super().forward(images)
+        self.num_batches_tracked.add_(1)
+        factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+        outputs, means, variances = [], [], []
+        for chunk in images.split(self.group):
+            mean, variance = self.running_mean.clone(), self.running_var.clone()  # each group moves its own copy
+            outputs.append(F.batch_norm(chunk, mean, variance, self.weight, self.bias, True, factor, self.eps))
+            means.append(mean)
+            variances.append(variance)
+        with torch.no_grad():
+            self.running_mean.copy_(torch.stack(means).mean(0))
+            self.running_var.copy_(torch.stack(variances).mean(0))
+        return torch.cat(outputs)
+
+
+def split_batchnorm(network: nn.Module, group: int) -> None:
+    """Make every BatchNorm2d of `network` a SplitBatchNorm2d of `group` images, in place (parameters, buffers kept)."""
+    for module in network.modules():
+        if type(module) is nn.BatchNorm2d:
+            module.__class__ = SplitBatchNorm2d
+            module.group = group
