@@ -335,13 +335,16 @@ repro:
   tables:
     main: {title: "Main", runs: [moco]}
     wide: {title: "Wide", runs: [moco-wide]}
+    semi: {title: "Semi", runs: [moco], protocols: [semi]}
 """
 
 
-def test_a_table_of_another_student_is_read_against_that_student_with_random_weights(tmp_path, bingo_logger_guard):
+def test_a_table_measures_the_references_the_plans_cannot_give_it(tmp_path, bingo_logger_guard):
+    """Another student: that student with random weights; another protocol (semi): the teacher and the random
+    student by it (raw pixels have no network to fine-tune)."""
     plan, out = tmp_path / "plan.yaml", tmp_path / "repro"
     plan.write_text(OTHER_STUDENT)
-    assert main(repro_args(out, plan, "--tables", "main", "wide")) == 0
+    assert main(repro_args(out, plan, "--tables", "main", "wide", "semi")) == 0
     report = read_json(out / "results.json")
     assert "references" not in report["tables"]["main"]  # the plan's student: the plan's references
     own = report["tables"]["wide"]["references"]["random student"]
@@ -350,7 +353,15 @@ def test_a_table_of_another_student_is_read_against_that_student_with_random_wei
     settings = read_json(next((out / "references" / "random-student-resnet18-width-16").glob("*/run.json")))
     assert settings["settings"]["student.width"] == 16
     page = (out / "results.md").read_text()
-    main_table, wide_table = page.split("## Main")[1].split("## Wide")
+    main_table, wide_table = page.split("## Main")[1].split("## Semi")[0].split("## Wide")
     for table, row in ((main_table, plans), (wide_table, own)):  # kNN@10 top-1, then linear top-1
         cells = f"{row['kNN@10 top-1']:.1f} | {row['linear top-1']:.1f}"
         assert f"| random student (reference) | - | 1 | {cells} |" in table
+
+    semi = report["tables"]["semi"]["references"]
+    assert set(semi) == {"teacher", "random student"} and (out / "references" / "random-student" / "semi").is_dir()
+    metric = next(m for m in semi["teacher"] if m.startswith("semi ") and m.endswith(" top-1"))
+    semi_table = page.split("## Semi")[1].split("## ")[0]
+    for name in ("teacher", "random student"):
+        assert f"| {name} (reference) |" in semi_table and metric in semi[name]
+    assert "raw pixels (reference)" not in semi_table

@@ -126,10 +126,11 @@ def reference_rows(cfg: Config, plan: ReproPlan, out: Path) -> dict[str, dict] |
                for name, (model, build) in models.items()}}
 
 
-def teacher_row(cfg: Config, plan: ReproPlan, folder: Path, label: str) -> dict:
-    """The accuracies of cfg's teacher by `plan.teacher_protocols`, evaluated into `folder` once (reused)."""
+def teacher_row(cfg: Config, plan: ReproPlan, folder: Path, label: str, protocols: tuple[str, ...] = ()) -> dict:
+    """The accuracies of cfg's teacher by `protocols` (default `plan.teacher_protocols`), evaluated into `folder`
+    once (reused)."""
     teacher = cfg.teacher.checkpoint
-    return _reference(evaluate_once(cfg, folder, label, plan.teacher_protocols, file_digest(Path(teacher)),
+    return _reference(evaluate_once(cfg, folder, label, protocols or plan.teacher_protocols, file_digest(Path(teacher)),
                                     lambda: load_encoder(teacher, cfg.teacher, cfg.data), "teacher"))
 
 
@@ -189,28 +190,35 @@ def run_table(cfg: Config, plan: ReproPlan, out: Path, table: TableSpec) -> dict
         return None
     summary = summarise({row: run for row, (run, _) in rows.items()}, per_run, cfg.compare.seeds, protocols,
                         {row: folder for row, (_, folder) in rows.items()}, out / "tables" / table.name)
-    own = own_random_student(cfg, plan, out, [run for run, _ in rows.values()])
+    own = own_references(cfg, plan, out, [run for run, _ in rows.values()], protocols)
     if teachers or own:
         summary |= ({"teachers": teachers} if teachers else {}) | ({"references": own} if own else {})
         write_results(out / "tables" / table.name, summary)
     return summary
 
 
-def own_random_student(cfg: Config, plan: ReproPlan, out: Path, runs: list[Config]) -> dict[str, dict]:
-    """{'random student': accuracies} of the table's own student with random weights, when every run of the table
-    trains the same student backbone and it is not the plan's (another architecture, width or stem); else {}."""
+def own_references(cfg: Config, plan: ReproPlan, out: Path, runs: list[Config],
+                   protocols: tuple[str, ...]) -> dict[str, dict]:
+    """The reference rows a table measures for itself, each evaluated once (reused): by the table's protocols that the
+    plan's references do not use (the semi-supervised one: the teacher and the random student fine-tuned; raw pixels
+    have no network to fine-tune), and, when every run trains the same student backbone and it is not the plan's
+    (another architecture, width or stem), that student with random weights by every protocol. {} when neither."""
+    extra = tuple(p for p in protocols if p not in plan.teacher_protocols)
     student = runs[0].student
-    backbones = {backbone(run.student) for run in runs}
-    if len(backbones) > 1 or backbones == {backbone(cfg.student)}:
-        return {}
-    run_cfg = copy.deepcopy(cfg)
-    run_cfg.student = copy.deepcopy(student)
-    folder = out / "references" / slug(f"random student {student.arch} width {student.width}") / \
-        eval_folder(plan.teacher_protocols)
-    results = evaluate_once(run_cfg, folder, f"random student ({student.arch}, width {student.width})",
-                            plan.teacher_protocols, "random-init",
-                            lambda: random_encoder(run_cfg, run_cfg.student, calibrated=False))
-    return {"random student": _reference(results)}
+    own_student = len({backbone(run.student) for run in runs}) == 1 and backbone(student) != backbone(cfg.student)
+    rows = {}
+    if extra:
+        rows["teacher"] = teacher_row(cfg, plan, out / "teacher" / "eval" / eval_folder(extra), "teacher", extra)
+    if extra or own_student:
+        student_cfg = copy.deepcopy(cfg)
+        student_cfg.student = copy.deepcopy(student if own_student else cfg.student)
+        chosen = (*plan.teacher_protocols, *extra) if own_student else extra
+        name = f"random student {student.arch} width {student.width}" if own_student else "random student"
+        folder = out / "references" / slug(name) / eval_folder(chosen)
+        rows["random student"] = _reference(evaluate_once(
+            student_cfg, folder, name, chosen, "random-init",
+            lambda: random_encoder(student_cfg, student_cfg.student, calibrated=False)))
+    return rows
 
 
 def backbone(model: ModelConfig) -> tuple:
@@ -219,8 +227,8 @@ def backbone(model: ModelConfig) -> tuple:
 
 
 def table_references(references: dict[str, dict], summary: dict) -> dict[str, dict]:
-    """The references a table is read against: the plan's, with those the table holds of its own in their place."""
-    return references | summary.get("references", {})
+    """The references a table is read against: the plan's, each with the accuracies the table measured of its own."""
+    return references | {name: references.get(name, {}) | row for name, row in summary.get("references", {}).items()}
 
 
 def teacher_setting(cfg: Config, plan: ReproPlan, out: Path, name: str | None) -> tuple[Config, Path]:
