@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -124,6 +125,20 @@ def test_the_teacher_claim_needs_no_seeds_and_the_digest_follows_training_settin
     assert settings_digest(tiny_config("trainer.progress_bar=true", "seed=3"), "t1") == base
     assert settings_digest(tiny_config("distill.optim.lr=0.5"), "t1") != base
     assert settings_digest(tiny_config(), "t2") != base
+    assert settings_digest(tiny_config("distill.moco.split_queries=true"), "t1") != base
+
+
+def test_the_published_seed_spread_serves_the_demo_as_it_ships():
+    """src/bingo/experiments/demo_seeds.json was measured with the demo preset and the shipped teacher: a change of
+    either (or a new setting that changes the digest) must measure the spread again, or the page loses its verdicts."""
+    from bingo.config import load_config
+    from bingo.experiments.page import SEEDS_FILE
+    from bingo.training import file_digest
+    from bingo.zoo import resolve_checkpoint
+
+    cfg = load_config("demo")
+    digest = settings_digest(cfg, file_digest(Path(resolve_checkpoint(cfg.demo.teacher))))
+    assert seed_spread(digest) is not None, (digest, json.loads(SEEDS_FILE.read_text())["settings"])
 
 
 def test_a_seed_spread_serves_only_the_settings_it_was_measured_with(tmp_path):

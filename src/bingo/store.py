@@ -59,6 +59,18 @@ def defining_settings(cfg: Config, sections: tuple[str, ...], inputs: dict[str, 
     return chosen | {f"input.{name}": value for name, value in (inputs or {}).items()}
 
 
+def drop_added_later(tree: dict) -> dict:
+    """`tree` (nested config sections) without the ADDED_LATER settings that hold their earlier value (in place)."""
+    for dotted, earlier in ADDED_LATER.items():
+        *sections, leaf = dotted.split(".")
+        node = tree
+        for section in sections:
+            node = node.get(section) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node and node[leaf] == earlier:
+            del node[leaf]
+    return tree
+
+
 def open_run(folder: Path, artifact: Artifact, resume: bool, redo_changed: bool = False) -> str:
     """What to do in `folder`: 'finished' (reuse its product), 'resume' (continue from its checkpoint) or 'new'.
 

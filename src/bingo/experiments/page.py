@@ -23,6 +23,7 @@ from bingo.config import Config, to_dict
 from bingo.models.checkpoints import atomic_write
 from bingo.plots import legend_below, plot_runs, pyplot, save_figure
 from bingo.report import flat_metrics, results_table
+from bingo.store import drop_added_later
 
 FIGURES = "demo-figures"  # charts of the page, beside results.md (docs/ keeps the same layout)
 SEEDS_FILE = Path(__file__).with_name("demo_seeds.json")
@@ -62,6 +63,7 @@ def settings_digest(cfg: Config, teacher_digest: str) -> str:
     kept["data"].pop("num_workers", None)
     kept["teacher"] = teacher_digest
     kept["demo"] = {"methods": cfg.demo.methods, "equal_time": cfg.demo.equal_time}
+    drop_added_later(kept)  # a setting added later, at what bingo did before it, leaves the digest as it was
     return hashlib.sha256(yaml.safe_dump(kept, sort_keys=True).encode()).hexdigest()[:16]
 
 
