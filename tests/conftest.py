@@ -170,9 +170,10 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Chain:
     return Chain(root, teacher, bags, root / "bingo", root / "moco", root / "eval")
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def bingo_logger_guard():
-    """cli.main adds a stderr handler to the 'bingo' logger on every call; remove what a test added."""
+    """cli.main adds a stderr handler to the 'bingo' logger on every call; remove what a test added (every test: a
+    handler left on a captured stream that pytest has closed breaks the logging of the tests after it)."""
     logger = logging.getLogger("bingo")
     before = list(logger.handlers)
     yield
