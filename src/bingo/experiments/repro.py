@@ -211,7 +211,8 @@ def own_references(cfg: Config, plan: ReproPlan, out: Path, runs: list[Config],
         rows["teacher"] = teacher_row(cfg, plan, out / "teacher" / "eval" / eval_folder(extra), "teacher", extra)
     if extra or own_student:
         student_cfg = copy.deepcopy(cfg)
-        student_cfg.student = copy.deepcopy(student if own_student else cfg.student)
+        if own_student:
+            student_cfg.student = copy.deepcopy(student)
         chosen = (*plan.teacher_protocols, *extra) if own_student else extra
         name = f"random student {student.arch} width {student.width}" if own_student else "random student"
         folder = out / "references" / slug(name) / eval_folder(chosen)
