@@ -11,6 +11,7 @@ import yaml
 from bingo.cli import SET_EXAMPLES, STAGES, build_parser
 from bingo.config import Config, from_dict, load_config, preset_names, save_config, to_dict
 from bingo.errors import UserError
+from bingo.methods import resolve_defaults
 
 
 def test_defaults_are_the_papers():
@@ -18,8 +19,36 @@ def test_defaults_are_the_papers():
     assert cfg == Config()
     assert cfg.distill.bingo.temperature == 0.2 and cfg.distill.bingo.queue_size == 65536
     assert (cfg.distill.bingo.lam_self, cfg.distill.bingo.lam_other, cfg.distill.bingo.warmup_epochs) == (0.5, 0.5, 10)
-    assert cfg.bags.k == 5 and cfg.student.head_hidden == 2048 and cfg.student.embed_dim == 128
+    assert cfg.bags.k == 5 and cfg.student.embed_dim == 128
     assert cfg.distill.optim.lr == 0.03 and cfg.distill.optim.momentum == 0.9 and cfg.distill.optim.epochs == 200
+
+
+@pytest.mark.parametrize(("method", "head", "group", "split"), [
+    ("bingo", 2048, 0, False), ("moco", 512, 32, True), ("disco", 512, 32, True), ("seed", 512, 0, False),
+    ("compress-2q", 2048, 0, False), ("simreg", 2048, 0, False)])
+def test_settings_left_null_take_each_methods_official_value(method, head, group, split):
+    cfg = load_config()  # a ResNet-18: 512 features; BINGO's head is 2048 wide, MoCo-v2's, DisCo's and SEED's 512
+    assert (cfg.student.head_hidden, cfg.distill.moco.shuffle_bn_group, cfg.distill.moco.split_queries) == (None,) * 3
+    resolve_defaults(cfg, method)
+    assert (cfg.student.head_hidden, cfg.distill.moco.shuffle_bn_group, cfg.distill.moco.split_queries) == \
+        (head, group, split)
+
+
+def test_settings_given_are_kept_whatever_the_method():
+    cfg = load_config(None, None, ["student.head_hidden=1024", "distill.moco.shuffle_bn_group=0"])
+    resolve_defaults(cfg, "moco")
+    assert (cfg.student.head_hidden, cfg.distill.moco.shuffle_bn_group, cfg.distill.moco.split_queries) == \
+        (1024, 0, False)
+    mobilenet = load_config(None, None, ["student.arch=mobilenetv3_small_100"])
+    resolve_defaults(mobilenet, "seed")
+    assert mobilenet.student.head_hidden == 1024  # its features: after MobileNet-v3's head convolution
+
+
+def test_null_is_refused_where_a_setting_needs_a_value():
+    with pytest.raises(UserError, match="'distill.optim.lr' expects float, got null"):
+        load_config(None, None, ["distill.optim.lr=null"])
+    with pytest.raises(UserError, match="'student.head_hidden' expects int | None, got true"):
+        load_config(None, None, ["student.head_hidden=true"])
 
 
 def test_presets():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bingo.errors import UserError
-from bingo.methods import METHODS, method_settings
+from bingo.methods import METHODS, method_settings, resolve_defaults
 from bingo.stages.distill import distill_artifact
 from bingo.store import Artifact, defining_settings, finish_run, open_run, read_run, start_run
 from conftest import snapshot, tiny_config
@@ -14,7 +14,9 @@ INPUTS = {"dataset": {"name": "generated", "fingerprint": "ab"}, "teacher": "t1"
 
 
 def artifact(*overrides: str, inputs: dict = INPUTS, method: str = "bingo") -> Artifact:
-    return distill_artifact(tiny_config(f"distill.method={method}", *overrides), inputs, runs_teacher=True)
+    cfg = tiny_config(f"distill.method={method}", *overrides)
+    resolve_defaults(cfg, method)  # as `bingo distill` does before it names the run
+    return distill_artifact(cfg, inputs, runs_teacher=True)
 
 
 def test_how_a_run_is_carried_out_does_not_define_it():
@@ -56,6 +58,17 @@ def test_a_setting_added_later_defines_a_run_only_away_from_what_bingo_did_befor
     assert "distill.moco.split_queries" not in artifact().settings
     assert artifact("distill.moco.split_queries=true").settings["distill.moco.split_queries"] is True
     assert artifact("distill.moco.split_queries=false").digest == artifact().digest
+
+
+def test_a_setting_left_to_the_method_is_named_by_its_value_so_earlier_runs_still_count():
+    """Null head width and shuffle-BN (the method's own) are hashed as the values they resolve to: BINGO's 2048 and
+    no shuffle-BN are what every earlier BINGO run recorded."""
+    left = ("student.head_hidden=null", "distill.moco.shuffle_bn_group=null")
+    assert artifact(*left).digest == artifact("student.head_hidden=2048", "distill.moco.shuffle_bn_group=0").digest
+    moco = artifact(*left, method="moco").settings  # the tiny student: a ResNet-18 of width 8, 64 features
+    assert [moco[key] for key in ("student.head_hidden", "distill.moco.shuffle_bn_group",
+                                       "distill.moco.split_queries")] == [64, 32, True]
+    assert artifact(*left, method="moco").digest != artifact(method="moco").digest
 
 
 def test_defining_settings_are_flat_dotted_keys_with_inputs():

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import functools
 import json
+import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -71,7 +72,8 @@ class ModelConfig:
     width: int = 64  # ResNet width: stem and first stage (64 standard; SwAV's RN50w2 is 128), every stage scaled
     stem_width: int = 0  # channels of a ResNet's stem; 0: `width` (bingo files older than this field have 64)
     stem: str = "imagenet"  # imagenet (7x7/2 conv + max-pool) | cifar (3x3/1 conv, no pool) | small (3x3/2, no pool)
-    head_hidden: int = 2048  # hidden width of the projection MLP; 0: a single linear layer (MoCo v1)
+    head_hidden: int | None = None  # hidden width of the projection MLP; 0: a single linear layer (MoCo v1); null: the
+    # method's own (BINGO's 2048; MoCo-v2's, DisCo's and SEED's the backbone's feature width: methods.resolve_defaults)
     head_bn: bool = False  # BatchNorm after the head's hidden layer (MoCo-v2 has none)
     head_bias: bool = True  # biases in the head's linear layers (MoCo v3 has none)
     head_out_bn: bool = False  # a BatchNorm without affine parameters on the embedding (MoCo v3)
@@ -92,6 +94,9 @@ class OptimConfig:
     warmup_epochs: int = 0  # linear learning-rate warm-up before the cosine decay
 
 
+MOCO_SHUFFLE_GROUP = 32  # MoCo-v2's shuffle-BN: BatchNorm over 32 images (256 on 8 GPUs, arXiv 1911.05722 Sec. 3.3)
+
+
 @dataclass
 class MoCoConfig:
     """MoCo-v2: momentum key encoder, queue of keys, InfoNCE."""
@@ -99,11 +104,18 @@ class MoCoConfig:
     queue_size: int = 65536
     temperature: float = 0.2
     momentum: float = 0.999  # key encoder EMA
-    shuffle_bn_group: int = 0  # shuffle-BN: the key batch of all processes is shuffled, and each process computes its
-    # BatchNorm over groups of this many images (0: its whole share, as MoCo on 8 GPUs). On one device, groups
-    # emulate GPUs; keys only, it made the demo's MoCo-v2 unstable (docs/methods.md)
-    split_queries: bool = False  # with shuffle_bn_group > 0, the student's (queries') BatchNorm over groups of as many
-    # images too, as MoCo's single-GPU SplitBatchNorm on both encoders; false: the keys' alone
+    shuffle_bn_group: int | None = None  # shuffle-BN: the key batch of all processes is shuffled, and each process
+    # computes its BatchNorm over groups of this many images (0: its whole share). null: the method's own, 32 for
+    # MoCo-v2 and DisCo (MoCo's 8 GPUs of 32 images, emulated on any number of processes), 0 for the other methods
+    split_queries: bool | None = None  # with shuffle_bn_group > 0, the student's (queries') BatchNorm over groups of as
+    # many images too, as MoCo's single-GPU SplitBatchNorm on both encoders; null: true where the method's own
+    # shuffle-BN is on (MoCo-v2, DisCo)
+
+    def resolved(self, own: bool) -> MoCoConfig:
+        """A copy with the settings left null set: MoCo's own shuffle-BN (`own`: MoCo-v2, DisCo) or none."""
+        group = self.shuffle_bn_group if self.shuffle_bn_group is not None else MOCO_SHUFFLE_GROUP if own else 0
+        split = self.split_queries if self.split_queries is not None else own and group > 0
+        return dataclasses.replace(self, shuffle_bn_group=group, split_queries=split)
 
 
 @dataclass
@@ -486,7 +498,8 @@ def _apply_override(tree: dict, item: str, stage: str | None) -> None:
 
 def _coerce(value: Any, path: str, origin: str) -> Any:
     hint = _leaf_types()[path]
-    if hint is Any:
+    union = typing.get_args(hint) if isinstance(hint, types.UnionType) else ()  # e.g. int | None
+    if hint is Any or (value is None and type(None) in union):
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -497,8 +510,8 @@ def _coerce(value: Any, path: str, origin: str) -> Any:
             pass
     if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
-    base = typing.get_origin(hint) or hint
-    if isinstance(value, base) and not (base is int and isinstance(value, bool)):
+    allowed = tuple(t for t in union if t is not type(None)) or (typing.get_origin(hint) or hint,)
+    if isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed):
         return value
     raise UserError(f"{origin}: '{path}' expects {getattr(hint, '__name__', hint)}, got "
                     f"{json.dumps(value, default=str)}")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from bingo.config import Config
+from bingo.config import Config, ModelConfig
 from bingo.errors import UserError
 from bingo.methods.base import Method
 from bingo.methods.bingo import Bingo
 from bingo.methods.moco import MoCo
 from bingo.methods.peers import Compress, DisCo, Seed, SimReg
+from bingo.models.backbones import feature_width
 from bingo.models.encoder import Encoder
 
 CLASSES: dict[str, type[Method]] = {"moco": MoCo, "seed": Seed, "compress-1q": Compress, "compress-2q": Compress,
@@ -19,6 +20,28 @@ READS: dict[str, tuple[str, ...]] = {"moco": ("moco",), "seed": ("seed", *SPLITS
                                      "compress-1q": ("compress", *SPLITS), "compress-2q": ("compress", *SPLITS),
                                      "disco": ("moco", "disco"), "simreg": ("simreg", *SPLITS),
                                      "bingo": ("bingo", *SPLITS)}  # distill.* sections
+
+
+MOCO_KEYS = ("moco", "disco")  # the methods whose key encoder is MoCo-v2's, shuffle-BN included
+OWN_HEAD_WIDTH = ("moco", "disco", "seed")  # their official heads: Linear(D, D), ReLU, Linear(D, 128) with D the
+# backbone's feature width (facebookresearch/moco moco/builder.py, Yuting-Gao/DisCo-pytorch DisCo/moco/builder.py,
+# jacobswan1/SEED: `dim_mlp = fc.weight.shape[1]`, 512 for a ResNet-18); BINGO's is 2048 wide for every student
+# (haohang96/bingo moco/builder.py), and the other methods train no student head
+BINGO_HEAD_WIDTH = 2048
+
+
+def head_hidden(model: ModelConfig, channels: int, method: str) -> int:
+    """The hidden width of `model`'s projection head: as set, or `method`'s own where left null."""
+    if model.head_hidden is not None:
+        return model.head_hidden
+    return feature_width(model, channels) if method in OWN_HEAD_WIDTH else BINGO_HEAD_WIDTH
+
+
+def resolve_defaults(cfg: Config, method: str) -> None:
+    """Set, in place, the student and shuffle-BN settings left null (the method's own) to `method`'s official
+    values, so that a run's config and hash say what it ran."""
+    cfg.student.head_hidden = head_hidden(cfg.student, cfg.data.channels, method)
+    cfg.distill.moco = cfg.distill.moco.resolved(own=method in MOCO_KEYS)
 
 
 def method_settings(method: str) -> tuple[str, ...]:
@@ -36,13 +59,14 @@ def build_method(cfg: Config, student: Encoder, teacher: Encoder | None, run_inf
     """The LightningModule of cfg.distill.method, with that method's section of the config."""
     d = cfg.distill
     common = {"student": student, "optim": d.optim, "teacher_bn": d.teacher_bn, "run_info": run_info}
-    splits = {"shuffle_bn_group": d.moco.shuffle_bn_group, "split_queries": d.moco.split_queries}
+    moco = d.moco.resolved(own=d.method in MOCO_KEYS)
+    splits = {"shuffle_bn_group": moco.shuffle_bn_group, "split_queries": moco.split_queries}
     builders = {
-        "moco": lambda: MoCo(**common, moco=d.moco),
+        "moco": lambda: MoCo(**common, moco=moco),
         "seed": lambda: Seed(**common, **splits, teacher=teacher, seed=d.seed),
         "compress-1q": lambda: Compress(**common, **splits, teacher=teacher, compress=d.compress, banks=1),
         "compress-2q": lambda: Compress(**common, **splits, teacher=teacher, compress=d.compress, banks=2),
-        "disco": lambda: DisCo(**common, teacher=teacher, moco=d.moco, disco=d.disco),
+        "disco": lambda: DisCo(**common, teacher=teacher, moco=moco, disco=d.disco),
         "simreg": lambda: SimReg(**common, **splits, teacher=teacher, simreg=d.simreg),
         "bingo": lambda: Bingo(**common, **splits, teacher=teacher, bingo=d.bingo),
     }

@@ -23,6 +23,7 @@ class MoCo(Method):
 
     def __init__(self, *, student: Encoder, teacher: Encoder | None = None, optim: OptimConfig, moco: MoCoConfig,
                  teacher_bn: str = "eval", run_info: dict | None = None):
+        moco = moco.resolved(own=True)  # shuffle-BN left null: MoCo's own
         super().__init__(student=student, teacher=teacher, optim=optim, teacher_bn=teacher_bn,
                          shuffle_bn_group=moco.shuffle_bn_group, split_queries=moco.split_queries, run_info=run_info)
         self.moco = moco

@@ -72,7 +72,8 @@ def shuffled_forward(encoder: nn.Module, images: torch.Tensor, group: int = 0) -
 
 
 class SplitBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d that, while training, normalises its batch in groups of `group` images, each with its own statistics,
+    """BatchNorm2d that, while training, normalises its batch in groups of about `group` images (len // group equal
+    groups, as `shuffled_forward` makes of the keys), each with its own statistics,
     as GPUs of `group` images would (MoCo's single-GPU SplitBatchNorm); the running statistics move by the groups'
     mean. The same parameters and buffers as BatchNorm2d: a checkpoint loads into either."""
 
@@ -80,12 +81,13 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W), normalised per group of `group` images while training."""
-        if not self.training or self.group <= 0 or len(images) <= self.group or self.running_mean is None:
+        splits = len(images) // self.group if self.group > 0 else 1  # as shuffled_forward splits the keys
+        if not self.training or splits <= 1 or self.running_mean is None:
             return super().forward(images)
         self.num_batches_tracked.add_(1)
         factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
         outputs, means, variances = [], [], []
-        for chunk in images.split(self.group):
+        for chunk in images.chunk(splits):
             mean, variance = self.running_mean.clone(), self.running_var.clone()  # each group moves its own copy
             outputs.append(F.batch_norm(chunk, mean, variance, self.weight, self.bias, True, factor, self.eps))
             means.append(mean)

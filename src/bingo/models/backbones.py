@@ -57,6 +57,12 @@ def _torchvision_resnet(arch: str, width: int, stem_width: int, in_channels: int
     return model
 
 
+def feature_width(cfg: ModelConfig, in_channels: int) -> int:
+    """The width D of the backbone's pooled features, found without making its weights (no random numbers drawn)."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        return build_backbone(cfg, in_channels)[1]
+
+
 def _widen(model: torchvision.models.ResNet, width: int, stem_width: int, in_channels: int) -> None:
     """Rebuild the stem with `stem_width` channels and stage i with `width * 2^i`-channel blocks, as SwAV does."""
     block = type(model.layer1[0])

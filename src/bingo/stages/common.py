@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -18,6 +19,7 @@ from bingo.data.datasets import ImageDataset, build_dataset
 from bingo.data.keys import TeacherOutputs
 from bingo.data.transforms import moco_v2_transform
 from bingo.errors import UserError
+from bingo.methods import BINGO_HEAD_WIDTH
 from bingo.methods.base import Method
 from bingo.models.checkpoints import load_encoder, save_encoder
 from bingo.models.encoder import Encoder
@@ -63,10 +65,16 @@ def load_teacher(cfg: Config) -> Encoder:
     return load_encoder(cfg.teacher.checkpoint, cfg.teacher, cfg.data)
 
 
+def evaluated_model(model: ModelConfig) -> ModelConfig:
+    """`model` as an evaluation builds it: a head width left to a method (null) is BINGO's (an evaluation never uses
+    the head)."""
+    return model if model.head_hidden is not None else dataclasses.replace(model, head_hidden=BINGO_HEAD_WIDTH)
+
+
 def random_encoder(cfg: Config, model: ModelConfig, calibrated: bool) -> Encoder:
     """A freshly initialised encoder; `calibrated`: its BatchNorm statistics estimated on the training data."""
     L.seed_everything(cfg.seed, verbose=False)
-    encoder = Encoder(model, cfg.data.channels)
+    encoder = Encoder(evaluated_model(model), cfg.data.channels)
     if calibrated:
         calibrate_batchnorm(encoder, build_dataset(cfg.data, "train"), cfg.data, cfg.augment)
     return encoder

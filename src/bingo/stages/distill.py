@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from bingo.config import Config
 from bingo.data.datasets import ImageDataset, build_dataset
 from bingo.data.keys import TeacherOutputs, augment_identity, cache_files, load_teacher_outputs
 from bingo.errors import UserError
-from bingo.methods import METHODS, build_method, method_settings, needs_teacher
+from bingo.methods import METHODS, build_method, method_settings, needs_teacher, resolve_defaults
 from bingo.methods.base import Method, require_same_dim
 from bingo.models.encoder import Encoder
 from bingo.stages.common import STUDENT_FILE, TRAINING, finish_training, load_teacher, since, training_data
@@ -34,6 +35,8 @@ def run_distill(cfg: Config, out: Path, resume: bool = False, asked_bags: tuple[
     name = cfg.distill.method
     if name not in METHODS:
         raise UserError(f"unknown method '{name}'; choose one of: {', '.join(METHODS)}")
+    cfg = copy.deepcopy(cfg)
+    resolve_defaults(cfg, name)  # the settings left to the method: its own values, in the run's config and hash
     data = build_dataset(cfg.data, "train")
     inputs: dict = {"dataset": data.identity}
     student = Encoder(cfg.student, cfg.data.channels)  # first: the same seed gives every method the same start

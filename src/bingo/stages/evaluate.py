@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from bingo.config import Config
 from bingo.data.datasets import ImageDataset
 from bingo.eval.engine import check_protocols, eval_datasets, evaluate_into, transfer_datasets
 from bingo.models.encoder import Encoder
-from bingo.stages.common import RESULTS_FILE, model_encoder, model_identity
+from bingo.stages.common import RESULTS_FILE, evaluated_model, model_encoder, model_identity
 from bingo.store import Artifact, defining_settings, finish_run, open_run, start_run
 
 log = logging.getLogger("bingo")
@@ -26,6 +27,7 @@ def evaluation_artifact(cfg: Config, model: str, network: str, protocols: tuple[
     """An evaluation of `model` (its identity) by `protocols`: defined by the evaluation settings those protocols
     read, the data settings, the seed, and the model's network section (`network`: student | teacher; what a random
     network is built from)."""
+    cfg = dataclasses.replace(cfg, **{network: evaluated_model(getattr(cfg, network))})
     settings = defining_settings(cfg, ("seed", "data", "eval", network), {"model": model, "protocols": list(protocols)})
     unread = [prefix for prefix, readers in READ_BY.items() if not readers & set(protocols)]
     return Artifact("eval", RESULTS_FILE, {key: value for key, value in settings.items()
