@@ -12,6 +12,7 @@ from bingo.cli import main
 from bingo.config import load_config
 from bingo.errors import UserError
 from bingo.experiments.plans import ReproPlan
+from bingo.experiments.repro import compute_seconds, investigation_seconds
 from conftest import read_json, tiny_sets
 
 PLAN = """
@@ -228,6 +229,16 @@ def test_the_shipped_plan_is_consistent():
     assert len(cfg.compare.seeds) >= 3 and cfg.trainer.accelerator == "auto"
     runs = plan.tables["relations"].runs
     assert len(runs) == 6  # the six rows of BINGO's teacher-parameter and relation ablation (arXiv 2107.01691)
+
+
+def test_the_time_of_the_paper_tables_leaves_out_the_runs_only_investigations_show(tmp_path):
+    plan = ReproPlan.load(load_config("repro").repro)  # moco: main and investigations; moco-no-shuffle: table 11 only
+    for piece, seconds in [("runs/moco/seed-0", 10), ("runs/moco/seed-0/eval/knn+linear", 2), ("bags/knn-5", 3),
+                           ("runs/moco-no-shuffle/seed-0", 20), ("runs/moco-no-shuffle/seed-1/eval/knn+linear", 4),
+                           ("runs/bingo-lr0.6/seed-0", 40), ("references/raw-pixels/knn+linear", 1)]:
+        (tmp_path / piece).mkdir(parents=True)
+        (tmp_path / piece / "results.json").write_text(json.dumps({"wall_time_s": seconds}))
+    assert compute_seconds(tmp_path) == 80 and investigation_seconds(tmp_path, plan) == 64
 
 
 MOCO = {"method": "moco"}  # a run of the plan

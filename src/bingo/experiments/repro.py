@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import glob
 import json
 import logging
 import math
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -312,8 +314,19 @@ def compute_seconds(out: Path) -> float:
     pieces = [root / "teacher" for root in (out, *(out / "teachers").glob("*"))]
     pieces += [*out.glob("bags/*"), *out.glob("runs/*/seed-*"), *out.glob("teachers/*/bags/*"),
                *out.glob("teachers/*/runs/*/seed-*")]
-    files = [f for piece in pieces for f in [piece / "results.json", *piece.glob("eval/*/results.json")]]
-    files += list((out / "references").glob("*/*/results.json"))
+    return _seconds(pieces) + _seconds([], (out / "references").glob("*/*/results.json"))
+
+
+def investigation_seconds(out: Path, plan: ReproPlan) -> float:
+    """The part of compute_seconds spent on the runs that only investigations show (trainings and evaluations)."""
+    paper = {run_of(run) for table in plan.tables.values() if not table.investigation for run in table.runs}
+    only = {run_of(run) for table in plan.tables.values() if table.investigation for run in table.runs} - paper
+    return _seconds([piece for name in sorted(only) for piece in out.glob(f"runs/{glob.escape(name)}/seed-*")])
+
+
+def _seconds(pieces: list[Path], files: Iterable[Path] = ()) -> float:
+    """The recorded wall time of pieces (their results.json and their evaluations') and of result files, summed."""
+    files = [*files, *(f for piece in pieces for f in [piece / "results.json", *piece.glob("eval/*/results.json")])]
     return round(sum(json.loads(f.read_text()).get("wall_time_s", 0.0) for f in files if f.exists()), 1)
 
 
@@ -326,6 +339,7 @@ def write_report(cfg: Config, plan: ReproPlan, out: Path, references: dict[str, 
     report = {"machine": machine_info(), "seeds": list(cfg.compare.seeds), "teacher": references.get("teacher"),
               "references": references, "tables": summaries, "parts": parts,
               "wall_time_s": round(sum(p["wall_time_s"] for p in parts), 1), "compute_s": compute_seconds(out),
+              "investigations_s": investigation_seconds(out, plan),
               "intro": plan.intro, "flops": counted_flops(cfg, plan, summaries)}
     return render_report(plan, report, out)
 
@@ -356,7 +370,8 @@ def render_report(plan: ReproPlan, report: dict, out: Path) -> dict:
     report = {key: report[key] for key in REPORT_KEYS} | {"references": references, "metrics": list(plan.metrics),
                                                          "claims": judge(plan, report["tables"], references),
                                                          "intro": report.get("intro", ""),
-                                                         "flops": report.get("flops", {})}
+                                                         "flops": report.get("flops", {}),
+                                                         "investigations_s": report.get("investigations_s", 0.0)}
     for summary in report["tables"].values():  # the counted arithmetic beside the wall time, one value per run
         for name, run in summary["runs"].items():
             if run_of(name) in report["flops"]:
@@ -419,14 +434,21 @@ def table_chart(summary: dict, references: dict[str, dict], path: Path) -> None:
     save_figure(figure, path)
 
 
+def _paper_time(report: dict) -> str:
+    """', of which the paper's tables N min and the runs of investigations alone M min', where the data says."""
+    extra = report.get("investigations_s") or 0.0
+    return (f", of which the paper's tables {(report['compute_s'] - extra) / 60:.0f} min and the runs only "
+            f"investigations show {extra / 60:.0f} min" if extra else "")
+
+
 def report_markdown(plan: ReproPlan, report: dict) -> str:
     """The report as Markdown: its introduction, the verdicts in short, the claims, one section per table."""
     intro = report.get("intro", "").strip()
     lines = ["# Results: the paper's tables in miniature", "", *([intro, ""] if intro else []),
              *verdicts_in_short(plan, report), "", f"Machine: {_machine(report['machine'])}. Time: "
-             f"{report['compute_s'] / 60:.0f} min, the sum of every training, bag building and evaluation it holds; "
-             f"the parts below ran for {report['wall_time_s'] / 60:.0f} min (a part that was interrupted is not "
-             "listed).", "",
+             f"{report['compute_s'] / 60:.0f} min, the sum of every training, bag building and evaluation it holds"
+             f"{_paper_time(report)}; the parts below ran for {report['wall_time_s'] / 60:.0f} min (a part that was "
+             "interrupted is not listed).", "",
              "## Claims", "", CLAIMS_RULE, "",
              "| claim | metric | better | worse | paired difference [95% CI] | p (Holm) | detectable | verdict "
              "| paper |", "|---|---|---|---|---|---|---|---|---|"]
