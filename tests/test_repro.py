@@ -12,7 +12,7 @@ from bingo.cli import main
 from bingo.config import load_config
 from bingo.errors import UserError
 from bingo.experiments.plans import ReproPlan
-from bingo.experiments.repro import compute_seconds, investigation_seconds
+from bingo.experiments.repro import compute_seconds, current_tables, investigation_seconds
 from conftest import read_json, tiny_sets
 
 PLAN = """
@@ -239,6 +239,16 @@ def test_the_time_of_the_paper_tables_leaves_out_the_runs_only_investigations_sh
         (tmp_path / piece).mkdir(parents=True)
         (tmp_path / piece / "results.json").write_text(json.dumps({"wall_time_s": seconds}))
     assert compute_seconds(tmp_path) == 80 and investigation_seconds(tmp_path, plan) == 64
+
+
+def test_a_table_made_by_another_plan_is_left_off_the_page_until_it_runs_again(tmp_path):
+    plan = ReproPlan.load(load_config("repro").repro)
+    for table, rows in [("shuffle-bn", ["moco", "moco-shuffle-keys"]), ("main", plan.tables["main"].runs),
+                        ("teachers", ["moco", "seed@shipped", "seed@zoo-recipe-1-epoch", "disco@shipped",
+                                      "bingo@shipped"])]:
+        (tmp_path / "tables" / table).mkdir(parents=True)
+        (tmp_path / "tables" / table / "results.json").write_text(json.dumps({"runs": dict.fromkeys(rows, {})}))
+    assert list(current_tables(plan, tmp_path)) == ["main", "teachers"]  # table 11's rows were renamed since
 
 
 MOCO = {"method": "moco"}  # a run of the plan

@@ -330,10 +330,26 @@ def _seconds(pieces: list[Path], files: Iterable[Path] = ()) -> float:
     return round(sum(json.loads(f.read_text()).get("wall_time_s", 0.0) for f in files if f.exists()), 1)
 
 
+def current_tables(plan: ReproPlan, out: Path) -> dict[str, dict]:
+    """The summaries of the plan's tables that OUT holds, but those made by another plan (their rows are not the
+    table's runs now: shown again only once the table is run again)."""
+    summaries = {}
+    for table in plan.tables.values():
+        path = out / "tables" / table.name / "results.json"
+        if not path.exists():
+            continue
+        summary = json.loads(path.read_text())
+        if {run_of(row) for row in summary["runs"]} == set(table.runs):
+            summaries[table.name] = summary
+        else:
+            log.info("table %s in %s was made by another plan; not shown until it runs again (--tables %s)",
+                     table.name, out, table.name)
+    return summaries
+
+
 def write_report(cfg: Config, plan: ReproPlan, out: Path, references: dict[str, dict] | None) -> dict:
     """OUT/results.json and OUT/results.md: every table done so far, each claim's verdict, machine, wall times."""
-    summaries = {t: json.loads((out / "tables" / t / "results.json").read_text()) for t in plan.tables
-                 if (out / "tables" / t / "results.json").exists()}
+    summaries = current_tables(plan, out)
     parts = json.loads((out / "parts.json").read_text()) if (out / "parts.json").exists() else []
     references = references or {}
     report = {"machine": machine_info(), "seeds": list(cfg.compare.seeds), "teacher": references.get("teacher"),
