@@ -304,7 +304,8 @@ def test_unknown_table_is_one_line_and_writes_nothing(tmp_path, capsys, bingo_lo
     assert main(["repro", "--tables", "nope", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert err.strip() == ("bingo: error: unknown table 'nope'; choose from: main, relations, bags, teachers, "
-                           "transfer, students, semi, k, ablations, queue, schedule, lr, shuffle-bn, strong-teacher")
+                           "transfer, students, semi, k, ablations, queue, schedule, lr, shuffle-bn, heads, "
+                           "strong-teacher")
     assert not (tmp_path / "r").exists()
 
 

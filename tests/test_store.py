@@ -63,7 +63,7 @@ def test_a_setting_added_later_defines_a_run_only_away_from_what_bingo_did_befor
 def test_a_setting_left_to_the_method_is_named_by_its_value_so_earlier_runs_still_count():
     """Null head width and shuffle-BN (the method's own) are hashed as the values they resolve to: BINGO's 2048 and
     no shuffle-BN are what every earlier BINGO run recorded."""
-    left = ("student.head_hidden=null", "distill.moco.shuffle_bn_group=null")
+    left = ("student.head_hidden=null", "distill.moco.shuffle_bn_group=null", "distill.moco.split_queries=null")
     assert artifact(*left).digest == artifact("student.head_hidden=2048", "distill.moco.shuffle_bn_group=0").digest
     moco = artifact(*left, method="moco").settings  # the tiny student: a ResNet-18 of width 8, 64 features
     assert [moco[key] for key in ("student.head_hidden", "distill.moco.shuffle_bn_group",

@@ -94,6 +94,8 @@ class OptimConfig:
     warmup_epochs: int = 0  # linear learning-rate warm-up before the cosine decay
 
 
+BINGO_HEAD_WIDTH = 2048  # BINGO's projection head, for every student (haohang96/bingo moco/builder.py); a head left
+# null is built so outside a method (methods.head_hidden gives each method its own)
 MOCO_SHUFFLE_GROUP = 32  # MoCo-v2's shuffle-BN: BatchNorm over 32 images (256 on 8 GPUs, arXiv 1911.05722 Sec. 3.3)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bingo.config import Config, ModelConfig
+from bingo.config import BINGO_HEAD_WIDTH, Config, ModelConfig
 from bingo.errors import UserError
 from bingo.methods.base import Method
 from bingo.methods.bingo import Bingo
@@ -25,9 +25,8 @@ READS: dict[str, tuple[str, ...]] = {"moco": ("moco",), "seed": ("seed", *SPLITS
 MOCO_KEYS = ("moco", "disco")  # the methods whose key encoder is MoCo-v2's, shuffle-BN included
 OWN_HEAD_WIDTH = ("moco", "disco", "seed")  # their official heads: Linear(D, D), ReLU, Linear(D, 128) with D the
 # backbone's feature width (facebookresearch/moco moco/builder.py, Yuting-Gao/DisCo-pytorch DisCo/moco/builder.py,
-# jacobswan1/SEED: `dim_mlp = fc.weight.shape[1]`, 512 for a ResNet-18); BINGO's is 2048 wide for every student
-# (haohang96/bingo moco/builder.py), and the other methods train no student head
-BINGO_HEAD_WIDTH = 2048
+# jacobswan1/SEED: `dim_mlp = fc.weight.shape[1]`, 512 for a ResNet-18); BINGO's is BINGO_HEAD_WIDTH wide for every
+# student, and the other methods train no student head
 
 
 def head_hidden(model: ModelConfig, channels: int, method: str) -> int:

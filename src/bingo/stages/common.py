@@ -13,13 +13,12 @@ from torch.utils.data import Dataset
 
 from bingo.bags.features import calibrate_batchnorm
 from bingo.bags.files import Bags
-from bingo.config import Config, ModelConfig
+from bingo.config import BINGO_HEAD_WIDTH, Config, ModelConfig
 from bingo.data.augment import BatchAugment
 from bingo.data.datasets import ImageDataset, build_dataset
 from bingo.data.keys import TeacherOutputs
 from bingo.data.transforms import moco_v2_transform
 from bingo.errors import UserError
-from bingo.methods import BINGO_HEAD_WIDTH
 from bingo.methods.base import Method
 from bingo.models.checkpoints import load_encoder, save_encoder
 from bingo.models.encoder import Encoder
@@ -66,15 +65,15 @@ def load_teacher(cfg: Config) -> Encoder:
 
 
 def evaluated_model(model: ModelConfig) -> ModelConfig:
-    """`model` as an evaluation builds it: a head width left to a method (null) is BINGO's (an evaluation never uses
-    the head)."""
+    """`model` as an evaluation names it: a head width left to a method (null) is the width Encoder builds then
+    (an evaluation never uses the head)."""
     return model if model.head_hidden is not None else dataclasses.replace(model, head_hidden=BINGO_HEAD_WIDTH)
 
 
 def random_encoder(cfg: Config, model: ModelConfig, calibrated: bool) -> Encoder:
     """A freshly initialised encoder; `calibrated`: its BatchNorm statistics estimated on the training data."""
     L.seed_everything(cfg.seed, verbose=False)
-    encoder = Encoder(evaluated_model(model), cfg.data.channels)
+    encoder = Encoder(model, cfg.data.channels)
     if calibrated:
         calibrate_batchnorm(encoder, build_dataset(cfg.data, "train"), cfg.data, cfg.augment)
     return encoder
