@@ -81,6 +81,10 @@ class ModelConfig:
     checkpoint: str = ""  # weights to load (required for a teacher)
     layout: str = "auto"  # the checkpoint's layout: auto (detected) | bingo | moco | mocov3 | swav | ... (layouts.py)
 
+    def head_width(self) -> int:
+        """The head's hidden width as built outside a method: as set, or BINGO's where left null."""
+        return self.head_hidden if self.head_hidden is not None else BINGO_HEAD_WIDTH
+
 
 @dataclass
 class OptimConfig:
@@ -95,7 +99,7 @@ class OptimConfig:
 
 
 BINGO_HEAD_WIDTH = 2048  # BINGO's projection head, for every student (haohang96/bingo moco/builder.py); a head left
-# null is built so outside a method (methods.head_hidden gives each method its own)
+# null is built so outside a method (ModelConfig.head_width; methods.head_hidden gives each method its own)
 MOCO_SHUFFLE_GROUP = 32  # MoCo-v2's shuffle-BN: BatchNorm over 32 images (256 on 8 GPUs, arXiv 1911.05722 Sec. 3.3)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bingo.config import BINGO_HEAD_WIDTH, Config, ModelConfig
+from bingo.config import Config, ModelConfig
 from bingo.errors import UserError
 from bingo.methods.base import Method
 from bingo.methods.bingo import Bingo
@@ -25,15 +25,14 @@ READS: dict[str, tuple[str, ...]] = {"moco": ("moco",), "seed": ("seed", *SPLITS
 MOCO_KEYS = ("moco", "disco")  # the methods whose key encoder is MoCo-v2's, shuffle-BN included
 OWN_HEAD_WIDTH = ("moco", "disco", "seed")  # their official heads: Linear(D, D), ReLU, Linear(D, 128) with D the
 # backbone's feature width (facebookresearch/moco moco/builder.py, Yuting-Gao/DisCo-pytorch DisCo/moco/builder.py,
-# jacobswan1/SEED: `dim_mlp = fc.weight.shape[1]`, 512 for a ResNet-18); BINGO's is BINGO_HEAD_WIDTH wide for every
-# student, and the other methods train no student head
+# jacobswan1/SEED: `dim_mlp = fc.weight.shape[1]`, 512 for a ResNet-18); BINGO's is config.BINGO_HEAD_WIDTH wide for
+# every student, and the other methods train no student head
 
 
 def head_hidden(model: ModelConfig, channels: int, method: str) -> int:
     """The hidden width of `model`'s projection head: as set, or `method`'s own where left null."""
-    if model.head_hidden is not None:
-        return model.head_hidden
-    return feature_width(model, channels) if method in OWN_HEAD_WIDTH else BINGO_HEAD_WIDTH
+    own = model.head_hidden is None and method in OWN_HEAD_WIDTH
+    return feature_width(model, channels) if own else model.head_width()
 
 
 def resolve_defaults(cfg: Config, method: str) -> None:
@@ -41,6 +40,13 @@ def resolve_defaults(cfg: Config, method: str) -> None:
     values, so that a run's config and hash say what it ran."""
     cfg.student.head_hidden = head_hidden(cfg.student, cfg.data.channels, method)
     cfg.distill.moco = cfg.distill.moco.resolved(own=method in MOCO_KEYS)
+
+
+def resolve_pretrain_defaults(cfg: Config) -> None:
+    """Set, in place, the teacher's head width and pretrain.moco's shuffle-BN left null to MoCo-v2's own, as
+    `bingo pretrain` trains the teacher."""
+    cfg.teacher.head_hidden = head_hidden(cfg.teacher, cfg.data.channels, "moco")
+    cfg.pretrain.moco = cfg.pretrain.moco.resolved(own=True)
 
 
 def method_settings(method: str) -> tuple[str, ...]:

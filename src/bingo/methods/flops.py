@@ -8,7 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bingo.config import Config
-from bingo.methods import build_method, head_hidden, needs_teacher, resolve_defaults
+from bingo.methods import build_method, needs_teacher, resolve_defaults, resolve_pretrain_defaults
 from bingo.models.encoder import Encoder
 
 
@@ -18,7 +18,7 @@ def step_flops_per_sample(cfg: Config, batch: int | None = None) -> float:
     samples (default distill.optim.batch_size); neither the optimizer step nor the augmentation is counted."""
     cfg = copy.deepcopy(cfg)
     resolve_defaults(cfg, cfg.distill.method)
-    cfg.teacher.head_hidden = head_hidden(cfg.teacher, cfg.data.channels, "moco")  # null: as `bingo pretrain` makes it
+    resolve_pretrain_defaults(cfg)  # a teacher head left null: as `bingo pretrain` makes it
     cfg.distill.bingo.warmup_epochs = 0  # every term of the step, as after the warm-up
     batch = batch or cfg.distill.optim.batch_size
     channels, size = cfg.data.channels, cfg.data.image_size

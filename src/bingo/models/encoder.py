@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bingo.config import BINGO_HEAD_WIDTH, ModelConfig
+from bingo.config import ModelConfig
 from bingo.models.backbones import build_backbone
 
 
@@ -38,8 +38,7 @@ class Encoder(nn.Module):
         self.arch = cfg.arch
         self.backbone, self.feature_dim = build_backbone(cfg, in_channels)
         self.embed_dim = cfg.embed_dim
-        hidden = cfg.head_hidden if cfg.head_hidden is not None else BINGO_HEAD_WIDTH  # null: a method resolves it
-        self.head = projection_head(self.feature_dim, hidden, cfg.embed_dim, cfg.head_bn, cfg.head_bias,
+        self.head = projection_head(self.feature_dim, cfg.head_width(), cfg.embed_dim, cfg.head_bn, cfg.head_bias,
                                     cfg.head_out_bn) if cfg.embed_dim else None
 
     def features(self, images: torch.Tensor) -> torch.Tensor:

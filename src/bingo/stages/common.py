@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from bingo.bags.features import calibrate_batchnorm
 from bingo.bags.files import Bags
-from bingo.config import BINGO_HEAD_WIDTH, Config, ModelConfig
+from bingo.config import Config, ModelConfig
 from bingo.data.augment import BatchAugment
 from bingo.data.datasets import ImageDataset, build_dataset
 from bingo.data.keys import TeacherOutputs
@@ -67,7 +67,7 @@ def load_teacher(cfg: Config) -> Encoder:
 def evaluated_model(model: ModelConfig) -> ModelConfig:
     """`model` as an evaluation names it: a head width left to a method (null) is the width Encoder builds then
     (an evaluation never uses the head)."""
-    return model if model.head_hidden is not None else dataclasses.replace(model, head_hidden=BINGO_HEAD_WIDTH)
+    return dataclasses.replace(model, head_hidden=model.head_width())
 
 
 def random_encoder(cfg: Config, model: ModelConfig, calibrated: bool) -> Encoder:

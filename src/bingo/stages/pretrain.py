@@ -10,7 +10,7 @@ import lightning as L
 
 from bingo.config import Config
 from bingo.data.datasets import ImageDataset, build_dataset
-from bingo.methods import MoCo, head_hidden
+from bingo.methods import MoCo, resolve_pretrain_defaults
 from bingo.models.encoder import Encoder
 from bingo.stages.common import TEACHER_FILE, TRAINING, finish_training, since, training_data
 from bingo.store import Artifact, defining_settings, open_run, start_run
@@ -28,8 +28,7 @@ def run_pretrain(cfg: Config, out: Path, resume: bool = False) -> Path:
     started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     cfg = copy.deepcopy(cfg)
-    cfg.teacher.head_hidden = head_hidden(cfg.teacher, cfg.data.channels, "moco")  # left null: MoCo-v2's own
-    cfg.pretrain.moco = cfg.pretrain.moco.resolved(own=True)
+    resolve_pretrain_defaults(cfg)  # head width and shuffle-BN left null: MoCo-v2's own
     data = build_dataset(cfg.data, "train")
     artifact = pretrain_artifact(cfg, data)
     state = open_run(out, artifact, resume)
